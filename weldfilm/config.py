@@ -1,0 +1,157 @@
+"""Load, validate and resolve the workflow config.
+
+One schema (``workflow/schemas/config.schema.yaml``) serves Snakemake and the CLI: it fills defaults
+and rejects unknown keys or bad values with a message that names the key. ``profile`` selects a
+named block of overrides from ``profiles`` (e.g. ``paper``); ``run_config`` applies a method's
+protocol, an ablation and a seed to give the exact config of one training run.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from weldfilm.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG = REPO_ROOT / "config.yaml"
+METHODS = ("causal_film", "late_fusion", "m3dm", "dinomaly")
+PROTOCOLS = ("fair", "paper_faithful")
+
+
+def deep_merge(base: Mapping, override: Mapping) -> dict:
+    """Recursively merge ``override`` into a copy of ``base`` (mappings merge, everything else replaces)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def set_dotted(cfg: dict, dotted: str, value: Any) -> None:
+    """Set ``cfg['a']['b'] = value`` for ``dotted == 'a.b'``; the path must already exist."""
+    keys = dotted.split(".")
+    node = cfg
+    for i, key in enumerate(keys[:-1]):
+        if not isinstance(node.get(key), dict):
+            raise ConfigError(f"config key '{'.'.join(keys[: i + 1])}' does not exist (in override '{dotted}')")
+        node = node[key]
+    if keys[-1] not in node:
+        raise ConfigError(f"config key '{dotted}' does not exist; see workflow/schemas/config.schema.yaml")
+    node[keys[-1]] = value
+
+
+def apply_dotted(cfg: dict, overrides: Mapping[str, Any]) -> dict:
+    out = copy.deepcopy(cfg)
+    for key, value in overrides.items():
+        set_dotted(out, key, value)
+    return out
+
+
+def parse_set_args(items: Iterable[str]) -> dict:
+    """Parse CLI ``--set a.b=value`` items; values are YAML (numbers, booleans, lists)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+def _validator():
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    base = jsonschema.Draft7Validator
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    cls = jsonschema.validators.extend(base, {"properties": set_defaults})
+    return cls(schema)
+
+
+def validate(cfg: dict) -> dict:
+    """Fill schema defaults into a copy of ``cfg`` and validate it; raise ConfigError naming the key."""
+    cfg = copy.deepcopy(cfg)
+    validator = _validator()
+    list(validator.iter_errors(cfg))  # first pass fills defaults (nested objects appear, then theirs)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        lines = []
+        for err in errors[:10]:
+            key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+            lines.append(f"  config key '{key}': {err.message}")
+        raise ConfigError("invalid config:\n" + "\n".join(lines))
+    return cfg
+
+
+def apply_profile(cfg: dict) -> dict:
+    """Merge the block ``profiles[cfg['profile']]`` over the config (profile 'default' changes nothing)."""
+    name = cfg.get("profile", "default")
+    profiles = cfg.get("profiles", {}) or {}
+    if name == "default":
+        return cfg
+    if name not in profiles:
+        raise ConfigError(f"config key 'profile': unknown profile '{name}'; known: default, {', '.join(profiles)}")
+    return deep_merge(cfg, profiles[name])
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict:
+    """Read a YAML config, apply its profile and dotted overrides, fill defaults and validate."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    return prepare(raw, overrides)
+
+
+def prepare(raw: dict, overrides: Mapping[str, Any] | None = None) -> dict:
+    """Profile, overrides, defaults and validation for an already-parsed config (Snakemake's ``config``)."""
+    cfg = validate(raw)
+    cfg = apply_profile(cfg)
+    if overrides:
+        cfg = apply_dotted(cfg, overrides)
+    return validate(cfg)
+
+
+def run_config(cfg: dict, method: str, seed: int, protocol: str = "fair", ablation: str | None = None) -> dict:
+    """The exact config of one run: protocol overrides, then the ablation's overrides, then the seed.
+
+    The result carries ``run: {method, seed, protocol, ablation}`` so that a run directory's
+    metadata says what it is.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown method '{method}'; known: {', '.join(METHODS)}")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
+    out = apply_dotted(cfg, cfg["protocols"].get(protocol, {}) or {})
+    if ablation:
+        if ablation not in cfg["ablations"]:
+            raise ConfigError(f"unknown ablation '{ablation}'; known: {', '.join(cfg['ablations'])}")
+        if method != "causal_film":
+            raise ConfigError(f"ablations apply to causal_film only, not '{method}'")
+        out = apply_dotted(out, cfg["ablations"][ablation] or {})
+    out["run"] = {"method": method, "seed": int(seed), "protocol": protocol, "ablation": ablation}
+    return validate_run(out)
+
+
+def validate_run(cfg: dict) -> dict:
+    run = cfg.pop("run")
+    cfg = validate(cfg)
+    cfg["run"] = run
+    return cfg
