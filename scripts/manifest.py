@@ -1,0 +1,13 @@
+"""Rule manifest: scan the data root (or read the paper's manifest) and write manifest.csv."""
+
+from snakemake_job import run_job
+
+
+def job(cfg, snakemake):
+    from weldfilm.data.manifest import build_manifest
+
+    data = cfg["data"]
+    build_manifest(data["root"], snakemake.output[0], data["paper_manifest"], data["split_seed"], data["exclude_runs"])
+
+
+run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)

@@ -1,0 +1,14 @@
+"""Rule paper: render the paper around the tables and figures."""
+
+from pathlib import Path
+
+from snakemake_job import run_job
+
+
+def job(cfg, snakemake):
+    from weldfilm.paper.render import render_paper
+
+    render_paper(cfg, Path(snakemake.input.source).parent, cfg["results"], Path(snakemake.output[0]).parent)
+
+
+run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)

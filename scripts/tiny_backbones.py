@@ -1,0 +1,15 @@
+"""Rule tiny_backbones: tiny random-init backbones of the paper's model classes."""
+
+from snakemake_job import run_job
+
+
+def job(cfg, snakemake):
+    from weldfilm.models.tiny import write_tiny_backbones
+
+    sizes = cfg["preprocess"]
+    write_tiny_backbones(cfg["backbones"]["dir"], cfg["backbones"]["tiny_seed"], frame_size=sizes["frame_size"],
+                         video_frames=sizes["video_frames"], image_size=sizes["image_size"],
+                         mel_bins=sizes["audio_mel_bins"], audio_frames=sizes["audio_frames"])
+
+
+run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)

@@ -1,0 +1,32 @@
+"""When a training job may resume from its run folder's ``checkpoints/last.pt``.
+
+Snakemake re-runs a killed job (``--rerun-incomplete``) but keeps ``checkpoints/last.pt`` (not a
+declared output), so training continues where it stopped. ``resume_key.json`` records which run
+config those checkpoints belong to: after a config change the old checkpoints are moved aside to
+``checkpoints.stale/`` (said in the log) and training starts from scratch.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+RESUME_KEY = "resume_key.json"
+
+
+def resume_allowed(run_dir: Path, config_hash: str) -> bool:
+    """True when ``last.pt`` exists and was written for this exact run config; records the config."""
+    from weldfilm.io import read_json, write_json
+
+    run_dir = Path(run_dir)
+    checkpoints = run_dir / "checkpoints"
+    key_file = run_dir / RESUME_KEY
+    last = checkpoints / "last.pt"
+    same_config = key_file.is_file() and read_json(key_file, "resume key").get("config_hash") == config_hash
+    if checkpoints.is_dir() and not same_config:
+        stale = run_dir / "checkpoints.stale"
+        shutil.rmtree(stale, ignore_errors=True)
+        checkpoints.rename(stale)
+        print(f"checkpoints of another run config moved to {stale}; training from scratch")
+    write_json(key_file, {"config_hash": config_hash})
+    return last.is_file() and same_config

@@ -1,0 +1,13 @@
+"""Rule validate: open every file of every run; fail with the list of bad runs."""
+
+from snakemake_job import run_job
+
+
+def job(cfg, snakemake):
+    from weldfilm.data.validate import validate_runs
+
+    validate_runs(cfg["data"]["root"], snakemake.input.manifest, snakemake.output[0], cfg["preprocess"],
+                  cfg["data"]["allow_missing_images"])
+
+
+run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Stop the test cluster that start-slurm.sh started: cancel its jobs, then end each daemon by the
+# PID it recorded (only if that PID still runs the expected program). Safe to run twice.
+set -uo pipefail
+
+BASE=${WELDFILM_SLURM_DIR:-/tmp/weldfilm-slurm}
+export SLURM_CONF=$BASE/etc/slurm.conf
+
+if [ -s "$BASE/pids/slurmctld.pid" ] && [ -f "$SLURM_CONF" ]; then
+  jobs=$(timeout -k 2 10 squeue -h -o %i 2>/dev/null || true)
+  [ -n "$jobs" ] && timeout -k 2 10 scancel $jobs 2>/dev/null
+fi
+
+stop_daemon() {  # stop_daemon PROGRAM PIDFILE
+  local program=$1 pidfile=$2 pid
+  [ -s "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  if [ "$(ps -o comm= -p "$pid" 2>/dev/null)" = "$program" ]; then
+    kill -TERM "$pid"
+    for _ in $(seq 100); do  # up to 10 s; a zombie counts as gone
+      case "$(ps -o stat= -p "$pid" 2>/dev/null)" in '' | Z*) break ;; esac
+      sleep 0.1
+    done
+    case "$(ps -o stat= -p "$pid" 2>/dev/null)" in '' | Z*) ;; *) kill -KILL "$pid" ;; esac
+  fi
+  rm -f "$pidfile"
+}
+
+stop_daemon slurmd "$BASE/pids/slurmd.pid"
+stop_daemon slurmctld "$BASE/pids/slurmctld.pid"
+stop_daemon munged "$BASE/pids/munged.pid"
+echo "stop-slurm: stopped" >&2

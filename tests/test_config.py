@@ -1,0 +1,92 @@
+"""Config loading, schema defaults, profiles, protocols, ablations and clear errors."""
+
+import pytest
+import yaml
+
+from weldfilm.config import load_config, parse_set_args, prepare, run_config
+from weldfilm.errors import ConfigError
+
+
+def test_default_config_is_valid_and_filled():
+    cfg = load_config()
+    assert cfg["profile"] == "default"
+    assert cfg["train"]["epochs"] >= 1
+    assert set(cfg["methods"]) == {"causal_film", "late_fusion", "m3dm", "dinomaly"}
+
+
+def test_defaults_come_from_the_schema():
+    cfg = prepare({})
+    assert cfg["data"]["source"] == "synthetic"
+    assert cfg["preprocess"]["frame_size"] == 64
+    assert cfg["seeds"] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"train": {"lr": -1}}, "train.lr"),
+        ({"train": {"epocs": 3}}, "train"),
+        ({"preprocess": {"image_size": -5}}, "preprocess.image_size"),
+        ({"preprocess": {"video_frames": 10**9}}, "preprocess.video_frames"),
+        ({"data": {"source": "imaginary"}}, "data.source"),
+        ({"seeds": []}, "seeds"),
+    ],
+)
+def test_bad_values_name_the_key(raw, key):
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        prepare(raw)
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match="epocs"):
+        prepare({"train": {"epocs": 3}})
+
+
+def test_profile_paper_switches_data_and_sizes():
+    cfg = load_config(overrides=None)
+    paper = prepare({**yaml.safe_load(open("config.yaml")), "profile": "paper"})
+    assert paper["data"]["source"] == "real"
+    assert paper["backbones"]["source"] == "pretrained"
+    assert paper["causal_film"]["d_model"] == 512
+    assert cfg["causal_film"]["d_model"] != 512
+
+
+def test_unknown_profile_is_an_error():
+    with pytest.raises(ConfigError, match="unknown profile"):
+        prepare({"profile": "nope"})
+
+
+def test_dotted_overrides_and_parse_set_args():
+    overrides = parse_set_args(["train.epochs=3", "causal_film.use_film=false", "seeds=[4, 5]"])
+    cfg = load_config(overrides=overrides)
+    assert cfg["train"]["epochs"] == 3 and cfg["causal_film"]["use_film"] is False and cfg["seeds"] == [4, 5]
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(overrides={"train.no_such_key": 1})
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_set_args(["oops"])
+
+
+def test_run_config_applies_protocol_then_ablation():
+    cfg = load_config()
+    run = run_config(cfg, "causal_film", 2, protocol="paper_faithful", ablation="no_film")
+    assert run["run"] == {"method": "causal_film", "seed": 2, "protocol": "paper_faithful", "ablation": "no_film"}
+    assert run["train"]["use_ema"] is False and run["train"]["warmup_epochs"] == 0
+    assert run["causal_film"]["use_film"] is False
+    fair = run_config(cfg, "causal_film", 0)
+    assert fair["train"]["use_ema"] is True
+
+
+def test_run_config_rejects_unknowns():
+    cfg = load_config()
+    with pytest.raises(ConfigError, match="unknown method"):
+        run_config(cfg, "nope", 0)
+    with pytest.raises(ConfigError, match="unknown ablation"):
+        run_config(cfg, "causal_film", 0, ablation="nope")
+    with pytest.raises(ConfigError, match="causal_film only"):
+        run_config(cfg, "m3dm", 0, ablation="no_film")
+
+
+def test_every_ablation_resolves():
+    cfg = load_config()
+    for name in cfg["ablations"]:
+        run_config(cfg, "causal_film", 0, ablation=name)

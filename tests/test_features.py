@@ -1,0 +1,78 @@
+"""Feature cache: what it stores, stale/corrupt caches, and cached == recomputed scores."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from training_helpers import ready_config
+
+from weldfilm.causal_film_method import CausalFiLMMethod
+from weldfilm.errors import CheckpointError
+from weldfilm.features import (FeatureDataset, build_feature_cache, cache_file, cache_key, feature_dir_key,
+                               feature_loader, sidecar_of)
+
+
+@pytest.fixture
+def cfg(tiny_config, tmp_path_factory, tiny_data_root):
+    return ready_config(tiny_config, tmp_path_factory, tiny_data_root, epochs=2, use_ema=False)
+
+
+def test_cache_holds_the_extracted_feature_batch(cfg, tmp_path):
+    from weldfilm.data.dataset import collate_batch, dataset_from_config
+    from weldfilm.models.backbones import FrozenBackbones
+
+    path = build_feature_cache(cfg, "val", tmp_path / "val.safetensors", device="cpu")
+    data = FeatureDataset(path, cache_key(cfg))
+    meta = json.loads(sidecar_of(path).read_text())
+    raw = dataset_from_config(cfg, "val", augment=False)
+    assert data.sample_ids == raw.sample_ids and meta["split"] == "val"
+    assert set(meta["fields"]) >= {"video_tokens", "audio_tokens", "image_tokens", "sensor", "label", "num_images"}
+    assert meta["text"]["available"] and data.text_embedding is not None
+    direct = FrozenBackbones.from_config(cfg, "cpu").extract(collate_batch([raw[0], raw[1]]))
+    served = data[[0, 1]]
+    for name in ("video_tokens", "audio_tokens", "image_tokens", "sensor"):
+        assert torch.allclose(served[name], direct[name], atol=1e-6), name
+    assert served["sample_id"] == direct["sample_id"]
+    batches = list(feature_loader(torch.utils.data.Subset(data, [2, 0]), batch_size=1, shuffle=False))
+    assert [b["sample_id"][0] for b in batches] == [data.sample_ids[2], data.sample_ids[0]]
+
+
+def test_stale_and_corrupt_caches_are_refused(cfg, tmp_path):
+    path = build_feature_cache(cfg, "val", tmp_path / "val.safetensors", device="cpu")
+    with pytest.raises(CheckpointError, match="stale"):
+        FeatureDataset(path, "another-key")
+    path.write_bytes(path.read_bytes()[:64])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        FeatureDataset(path, None)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        FeatureDataset(tmp_path / "test.safetensors", None)
+
+
+def test_keys_follow_config_and_backbone_content(cfg, tmp_path):
+    changed = {**cfg, "causal_film": {**cfg["causal_film"], "result_layers": [0, 2]}}
+    assert feature_dir_key(changed) != feature_dir_key(cfg)
+    assert feature_dir_key({**cfg, "train": {**cfg["train"], "lr": 0.5}}) == feature_dir_key(cfg)  # not a feature input
+    copy = tmp_path / "clip"
+    shutil.copytree(cfg["backbones"]["clip"], copy)
+    moved = {**cfg, "backbones": {**cfg["backbones"], "clip": str(copy)}}
+    before = cache_key(moved)
+    (copy / "config.json").write_text((copy / "config.json").read_text() + "\n")  # same path, new content
+    assert cache_key(moved) != before
+
+
+def test_cached_and_recomputed_features_give_the_same_scores(cfg):
+    method = CausalFiLMMethod(cfg, cfg["results"] + "/run", torch.device("cpu"))
+    method.fit()
+    cached = method.score("val")
+    assert method.feature_source["val"].startswith("cache")
+    assert cache_file(method.feature_dir, "val").is_file()
+    on_the_fly = CausalFiLMMethod({**cfg, "train": {**cfg["train"], "feature_cache": False}}, cfg["results"] + "/run",
+                                  torch.device("cpu"))
+    recomputed = on_the_fly.score("val")
+    assert on_the_fly.feature_source["val"] == "backbones on the fly"
+    assert cached["sample_id"].tolist() == recomputed["sample_id"].tolist()
+    assert np.max(np.abs(cached["score"].to_numpy() - recomputed["score"].to_numpy())) < 1e-5

@@ -1,0 +1,220 @@
+"""M3DM baseline: greedy selection, pseudo point cloud, point transformer, memory-bank scores, fusion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from weldfilm.baselines.m3dm_bank import DecisionFuser, PatchBank, distance_maps, gaussian_blur, reweighted_score
+from weldfilm.baselines.m3dm_coreset import coreset_indices, farthest_point_sample, greedy_farthest_selection
+from weldfilm.baselines.m3dm_point import (PointTransformer, features_on_patch_grid, knn_group,
+                                           load_point_mae_checkpoint, pseudo_point_cloud)
+from weldfilm.errors import BackboneError
+
+
+def test_greedy_selection_picks_the_farthest_points_of_a_hand_case():
+    # 1-D points: start at 0, then the farthest (10), then the one farthest from both {0, 10} (4.9 -> 5).
+    points = torch.tensor([[0.0], [1.0], [10.0], [5.0], [9.0], [4.9]])
+    assert greedy_farthest_selection(points.unsqueeze(0), 3)[0].tolist() == [0, 2, 3]
+
+
+def test_farthest_point_sample_takes_the_square_corners_first():
+    corners = [[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]]
+    inner = [[0.5, 0.5, 0], [0.4, 0.6, 0], [0.6, 0.5, 0]]
+    points = torch.tensor([corners[0], *inner, *corners[1:]], dtype=torch.float32)
+    picked = farthest_point_sample(torch.stack([points, points.flip(0)]), 4)
+    assert sorted(points[picked[0]].tolist()) == sorted(corners)
+    assert picked[0, 1].item() == 6  # (1,1,0) is the farthest from the start (0,0,0)
+    assert sorted(points.flip(0)[picked[1]].tolist()) == sorted(corners)  # starting at (1,1,0)
+
+
+def test_coreset_selects_the_outlying_clusters_and_reports_the_projection():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0] * 8, [20.0] * 8, [-20.0] + [0.0] * 7])
+    bank = torch.from_numpy(np.concatenate([c + 0.01 * rng.standard_normal((50, 8)) for c in centres]).astype(np.float32))
+    picked, info = coreset_indices(bank, fraction=0.02, eps=0.9, seed=0)
+    assert len(picked) == 3 and info["selected"] == 3 and info["of"] == 150
+    assert sorted((picked // 50).tolist()) == [0, 1, 2]  # one entry from each cluster
+    assert info["projected_dim"] is None and "projection_skipped" in info  # JL dim >= 8 features
+    wide = torch.from_numpy(rng.standard_normal((60, 4000)).astype(np.float32))
+    picked, info = coreset_indices(wide, fraction=0.1, eps=0.9, seed=0)
+    assert len(picked) == 6 and 0 < info["projected_dim"] < 4000
+
+
+def test_pseudo_point_cloud_shape_range_and_tiling():
+    table = np.array([[0.0, 10.0], [5.0, 20.0], [10.0, 30.0]])  # global min 0, max 30
+    cloud = pseudo_point_cloud(table, size=224)
+    assert cloud.shape == (3, 224, 224) and cloud.dtype == torch.float32
+    assert cloud.min() >= 0 and cloud.max() <= 1
+    x, y, depth = cloud
+    assert torch.allclose(x[0], torch.linspace(0, 1, 224)) and torch.allclose(y[:, 0], torch.linspace(0, 1, 224))
+    assert torch.equal(depth[0], depth[-1])  # tiled: every row is the same signal
+    # row means of the normalised table: (0+1/3)/2, (1/6+2/3)/2, (1/3+1)/2 at the ends and middle
+    assert depth[0, 0].item() == pytest.approx(1 / 6) and depth[0, -1].item() == pytest.approx(2 / 3)
+    assert torch.all(pseudo_point_cloud(np.ones((5, 6)), 16)[2] == 0)
+
+
+def test_knn_grouping_shapes_and_nearest_members():
+    points = torch.rand(2, 200, 3)
+    centres = points[:, :5]
+    neighbourhoods, indices = knn_group(points, centres, group_size=7)
+    assert neighbourhoods.shape == (2, 5, 7, 3) and indices.shape == (2, 5, 7)
+    assert torch.equal(indices[:, :, 0], torch.arange(5).expand(2, 5))  # each centre is its own nearest point
+    assert torch.allclose(neighbourhoods[:, :, 0], torch.zeros(2, 5, 3))  # relative to the centre
+    far = torch.cdist(centres[0], points[0]).sort(dim=1).values[:, 6]
+    assert torch.all(neighbourhoods[0].norm(dim=-1).max(dim=1).values <= far + 1e-6)
+
+
+def test_point_transformer_features_and_patch_projection():
+    torch.manual_seed(0)
+    model = PointTransformer(trans_dim=16, depth=4, num_heads=2, group_size=8, num_groups=12, taps=(1, 3)).eval()
+    cloud = torch.stack([pseudo_point_cloud(np.random.default_rng(i).random((30, 6)), 32) for i in range(2)])
+    points = cloud.flatten(2).transpose(1, 2)
+    with torch.no_grad():
+        features, centres = model(points)
+    assert features.shape == (2, 12, 32) and model.out_dim == 32 and centres.shape == (2, 12, 3)
+    grid = features_on_patch_grid(cloud, centres, features, (4, 4))
+    assert grid.shape == (2, 32, 4, 4)
+    # every patch carries exactly one group's feature
+    flat = grid.flatten(2).transpose(1, 2)
+    for b in range(2):
+        assert all(any(torch.equal(row, f) for f in features[b]) for row in flat[b])
+
+
+def test_point_mae_checkpoint_loads_strictly(tmp_path):
+    torch.manual_seed(0)
+    source = PointTransformer(trans_dim=16, depth=2, num_heads=2, group_size=4, num_groups=4, taps=(1,))
+    state = {"base_model": {f"module.MAE_encoder.{k}": v for k, v in source.state_dict().items()}}
+    state["base_model"]["module.MAE_decoder.extra"] = torch.zeros(1)
+    torch.save(state, tmp_path / "pointmae.pth")
+    torch.manual_seed(1)
+    target = PointTransformer(trans_dim=16, depth=2, num_heads=2, group_size=4, num_groups=4, taps=(1,))
+    info = load_point_mae_checkpoint(target, tmp_path / "pointmae.pth")
+    assert info["tensors_loaded"] == len(source.state_dict())
+    assert torch.equal(target.norm.weight, source.norm.weight)
+    wider = PointTransformer(trans_dim=16, depth=3, num_heads=2, group_size=4, num_groups=4, taps=(1,))
+    with pytest.raises(BackboneError, match="lacks weights"):
+        load_point_mae_checkpoint(wider, tmp_path / "pointmae.pth")
+    with pytest.raises(BackboneError, match="does not exist"):
+        load_point_mae_checkpoint(target, tmp_path / "missing.pth")
+
+
+def test_reweighted_score_on_a_toy_bank():
+    bank = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [5.0, 5.0]])
+    patches = torch.tensor([[0.0, 0.1], [3.0, 0.0]])  # worst patch (3,0): nearest entry (1,0) at distance 2
+    score, nearest = reweighted_score(patches, bank, n_reweight=3)
+    assert torch.allclose(nearest, torch.tensor([0.1, 2.0]))
+    # neighbours of (1,0) other than itself: (0,0) and (0,1); distances from (3,0): 3 and sqrt(10)
+    root = np.sqrt(2)
+    weight = 1 - np.exp(2 / root) / (np.exp(3 / root) + np.exp(np.sqrt(10) / root))
+    assert score.item() == pytest.approx(weight * 2, rel=1e-5)
+    # hiding entries (leave one run out) changes the nearest entry
+    score_hidden, nearest_hidden = reweighted_score(patches, bank, n_reweight=3,
+                                                    allowed=torch.tensor([True, False, True, True]))
+    assert nearest_hidden[1].item() == pytest.approx(3.0) and score_hidden.item() != pytest.approx(score.item())
+    scaled, _ = reweighted_score(patches, bank, n_reweight=3, distance_scale=1000.0)
+    assert scaled.item() == pytest.approx(0.5 * 2 / 1000, rel=1e-2)  # weight ~ 1 - 1/2 when distances vanish
+
+
+def test_patch_bank_standardises_and_round_trips():
+    patches = torch.arange(40, dtype=torch.float32).reshape(20, 2)
+    bank, info = PatchBank.build(patches, torch.arange(20) // 4, f_coreset=0.5, eps=0.9, seed=0)
+    assert bank.patches.shape == (10, 2) and info["selected"] == 10
+    assert bank.mean == pytest.approx(19.5) and torch.allclose(bank.standardise(patches).mean(), torch.tensor(0.0))
+    again = PatchBank.from_state(bank.state("rgb"), "rgb")
+    assert torch.equal(again.patches, bank.patches) and torch.equal(again.sources, bank.sources)
+
+
+def test_decision_fuser_fits_scores_and_round_trips():
+    rng = np.random.default_rng(0)
+    train = np.abs(rng.normal([1.0, 0.1], [0.2, 0.02], size=(200, 2)))
+    fuser = DecisionFuser(nu=0.5, max_iter=1000, seed=42).fit(train)
+    test = np.array([[1.0, 0.1], [3.0, 0.3], [1.0, 0.5]])
+    scores = fuser.score(test)
+    assert scores[1] > scores[0] and scores[2] > scores[0]  # larger distances -> more anomalous
+    from sklearn.linear_model import SGDOneClassSVM
+
+    reference = SGDOneClassSVM(nu=0.5, max_iter=1000, random_state=42).fit(train)
+    assert np.allclose(scores, reference.score_samples(test))
+    assert np.allclose(DecisionFuser.from_state(fuser.state()).score(test), scores)
+
+
+def test_distance_maps_upsample_and_blur():
+    distances = torch.zeros(1, 16)
+    distances[0, 5] = 1.0
+    maps = distance_maps(distances, (4, 4), size=32, sigma=2.0)
+    assert maps.shape == (1, 32, 32)
+    peak = torch.nonzero(maps[0] == maps[0].max())[0].tolist()
+    assert 8 <= peak[0] <= 15 and 8 <= peak[1] <= 15  # patch (1, 1) of the 4x4 grid
+    assert torch.allclose(gaussian_blur(torch.ones(1, 1, 8, 8), 1.5), torch.ones(1, 1, 8, 8))
+
+
+@pytest.fixture
+def m3dm_run(tiny_config, tmp_path):
+    """A run config of M3DM on the tiny synthetic set (manifest + tiny backbones written here)."""
+    from pathlib import Path
+
+    from weldfilm.config import run_config
+    from weldfilm.data.manifest import build_manifest
+    from weldfilm.models.tiny import write_tiny_backbones
+
+    build_manifest(tiny_config["data"]["root"], Path(tiny_config["results"]) / "data" / "manifest.csv")
+    write_tiny_backbones(tiny_config["backbones"]["dir"], seed=0)
+    cfg = run_config(tiny_config, "m3dm", seed=0)
+    cfg["m3dm"].update(image_size=64, cloud_size=32, point_trans_dim=16, point_depth=2, point_heads=2,
+                       point_group_size=8, point_num_groups=16, point_taps=[0, 1], f_coreset=0.25,
+                       map_size=16, blur_sigma=1.0)
+    return cfg, tmp_path / "run"
+
+
+def test_train_and_evaluate_on_the_tiny_synthetic_set(m3dm_run):
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    from weldfilm.baselines.m3dm import M3DMMethod
+    from weldfilm.evaluation import evaluate_run
+    from weldfilm.io import read_json
+    from weldfilm.runner import train_run
+
+    cfg, run_dir = m3dm_run
+    metadata = train_run(cfg, run_dir)
+    described, summary = metadata["describe"], metadata["fit"]
+    assert metadata["selection_split"] is None and described["method_name"] == "DINO+Point_MAE"
+    assert "random-init" in described["point_backbone"] and described["augmentation"] is False
+    assert metadata["token_shapes"] == {"rgb_tokens": [65, 32], "point_groups": [16, 32], "patch_grid": [8, 8]}
+    assert summary["patch_grid"] == [8, 8] and summary["feature_dims"] == {"point": 32, "rgb": 32}
+    assert summary["fusion_fit_scores"] == "leave_one_run_out"
+    banks = load_file(str(run_dir / "checkpoints" / "m3dm_banks.safetensors"))
+    assert banks["rgb.patches"].shape == (summary["coreset"]["rgb"]["selected"], 32)
+    assert read_json(run_dir / "checkpoints" / "m3dm_fusion.json")["fusers"]["detect"]["coef"] is not None
+
+    metrics = evaluate_run(run_dir, "test", run_dir / "eval" / "test")  # a fresh method: banks from disk
+    scores = pd.read_csv(run_dir / "eval" / "test" / "scores.csv")
+    method = M3DMMethod(cfg, run_dir, torch.device("cpu"))
+    assert scores["sample_id"].tolist() == method.dataset("test").sample_ids
+    assert np.isfinite(scores["score"]).all() and scores["score"].nunique() > 1
+    assert metrics["n"] == len(scores) and 0 <= metrics["i_auroc"] <= 1
+    print("tiny test I-AUROC", metrics["i_auroc"])
+    frame = method.score("test")
+    assert {"score_point", "score_rgb"} <= set(frame.columns)
+    assert np.allclose(frame["score"], scores["score"])
+    maps = method.anomaly_maps("test")
+    assert maps.shape == (len(scores), 16, 16) and np.isfinite(maps).all()
+    resumed = M3DMMethod(cfg, run_dir, torch.device("cpu")).fit(resume=True)
+    assert resumed["resumed"] and resumed["coreset"] == summary["coreset"]
+
+
+def test_leave_one_run_out_hides_the_runs_own_bank_entries(m3dm_run):
+    from weldfilm.baselines.m3dm import M3DMMethod
+
+    cfg, run_dir = m3dm_run
+    cfg["m3dm"].update(f_coreset=1.0, max_train_samples=4)  # the bank keeps every patch, run 0's first
+    method = M3DMMethod(cfg, run_dir, torch.device("cpu"))
+    method.fit()
+    run0 = {key: bank.patches[bank.sources == 0] * bank.std + bank.mean for key, bank in method.banks.items()}
+    in_sample_scores, in_sample_distances = method._sample_scores(run0)
+    left_out_scores, left_out_distances = method._sample_scores(run0, exclude_run=0)
+    assert torch.allclose(in_sample_distances, torch.zeros_like(in_sample_distances), atol=1e-2)
+    assert np.allclose(in_sample_scores, 0, atol=1e-2)  # the authors' in-sample fit sees zero distances
+    assert (left_out_distances.sum(dim=1) > 0).all() and (left_out_scores > 0).all()

@@ -1,0 +1,203 @@
+"""The synthetic dataset: real layout, readable files, determinism, atomic runs, measurable signatures."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import yaml
+
+from weldfilm.config import SCHEMA_PATH
+from weldfilm.data.layout import CLASS_NAMES, RUN_ID_PATTERN, SENSOR_COLUMNS, discover_runs
+from weldfilm.data.synthetic import SETTINGS_FILE, SUMMARY_FILE, generate
+from weldfilm.data.synthetic import generator as generator_module
+from weldfilm.data.synthetic.signatures import run_features
+from weldfilm.errors import DataError
+
+from conftest import TINY_SYNTHETIC
+
+SMALL = {"good_runs": 4, "runs_per_class": 1, "duration_s": 0.3, "video_size": 32, "image_size": 64,
+         "audio_sr": 48000, "workers": 1}
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_data_root):
+    return discover_runs(tiny_data_root)
+
+
+@pytest.fixture(scope="module")
+def features(tiny_data_root, runs) -> pd.DataFrame:
+    return pd.DataFrame([run_features(tiny_data_root, run) for run in runs]).set_index("sample_id")
+
+
+def test_every_class_present_with_its_code(runs):
+    counts = pd.Series([r.class_code for r in runs]).value_counts().to_dict()
+    assert counts == {0: TINY_SYNTHETIC["good_runs"], **{c: TINY_SYNTHETIC["runs_per_class"] for c in range(1, 12)}}
+    for run in runs:
+        assert RUN_ID_PATTERN.match(run.run_id)
+        assert run.configuration.startswith(f"{CLASS_NAMES[run.class_code]}_weld_")
+    assert len({r.subdir for r in runs}) == len(runs)
+
+
+def test_files_readable_in_real_formats(tiny_data_root, runs):
+    lengths = set()
+    for run in runs:
+        files = run.files(tiny_data_root)
+        table = pd.read_csv(files["csv"])
+        assert list(table.columns) == SENSOR_COLUMNS
+        for column in ("Date", "Time", "Part No"):
+            assert not pd.api.types.is_numeric_dtype(table[column]), column
+        assert not table[SENSOR_COLUMNS[3:9]].isna().any().any()
+        lengths.add(len(table))
+        info = sf.info(files["flac"])
+        assert (info.samplerate, info.channels, info.format) == (192000, 1, "FLAC")
+        assert 0.8 <= info.duration <= 1.2
+        capture = cv2.VideoCapture(str(files["avi"]))
+        assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(30.0)
+        frames = []
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(frame)
+        capture.release()
+        assert 24 <= len(frames) <= 36 and frames[0].shape == (64, 64, 3)
+        photos = sorted(files["images"].glob("*.jpg"))
+        assert len(photos) == 5
+        assert all(cv2.imread(str(p)).shape == (128, 128, 3) for p in photos)
+    assert len(lengths) > 5, "sensor tables should differ in length between runs"
+
+
+def test_summary_and_settings_match_runs(tiny_data_root, runs):
+    settings = pd.read_csv(tiny_data_root / SETTINGS_FILE)
+    assert sorted(settings["SUBDIRS"]) == [r.subdir for r in runs]
+    assert (settings["CLASS_CODE"].to_numpy() == [int(s[-2:]) for s in settings["SUBDIRS"]]).all()
+    porosity = settings[settings["CATEGORY"] == "porosity"]
+    assert (porosity["GAS_BAR"] == 0).all()
+    good = settings[settings["CATEGORY"] == "good"]
+    assert good["CURRENT_A"].nunique() == 4 and good["CURRENT_A"].between(140, 290).all()
+    assert settings["ROBOT_SPEED_CPM"].between(23, 35).all() and settings["VOLTAGE_V"].between(14, 24).all()
+    assert not list(tiny_data_root.rglob(".synth-tmp-*"))
+
+
+def _digest(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_deterministic_for_a_seed_and_independent_of_workers(tmp_path):
+    first = generate(tmp_path / "a", seed=3, **SMALL)
+    generate(tmp_path / "b", seed=3, **{**SMALL, "workers": 2})
+    generate(tmp_path / "c", seed=4, **SMALL)
+    a, b, c = _digest(tmp_path / "a"), _digest(tmp_path / "b"), _digest(tmp_path / "c")
+    assert a == b
+    assert a.keys() != c.keys() or a != c
+    assert first["runs"] == 15 and first["bytes"] > 0 and set(first["counts"]) == set(CLASS_NAMES.values())
+
+
+def test_generate_accepts_every_config_key_with_schema_defaults():
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["synthetic"]["properties"]
+    params = inspect.signature(generate).parameters
+    for key, spec in schema.items():
+        assert key in params, f"generate() lacks config key synthetic.{key}"
+        assert params[key].default == spec["default"], key
+
+
+def test_refuses_foreign_folder_and_overwrites_own(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="not empty"):
+        generate(foreign, **SMALL)
+    own = tmp_path / "own"
+    generate(own, **SMALL)
+    with pytest.raises(DataError, match="overwrite"):
+        generate(own, **SMALL)
+    generate(own, seed=1, overwrite=True, **SMALL)
+    assert (own / SUMMARY_FILE).is_file()
+
+
+def test_failed_run_leaves_no_half_run(tmp_path, monkeypatch):
+    def broken_avi(path, *args):
+        Path(path).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(generator_module, "_write_avi", broken_avi)
+    with pytest.raises(OSError, match="disk full"):
+        generate(tmp_path / "out", **SMALL)
+    leftovers = [p for p in (tmp_path / "out").rglob("*") if p.is_dir()]
+    assert all(not RUN_ID_PATTERN.match(p.name) and not p.name.startswith(".") for p in leftovers)
+
+
+def test_cli_writes_dataset(tmp_path, capsys):
+    from weldfilm.cli import main
+
+    out = tmp_path / "cli"
+    code = main(["synth", "--out", str(out), "--seed", "2", "--good-runs", "4", "--runs-per-class", "1",
+                 "--duration", "0.2", "--workers", "1", "--set", "synthetic.video_size=32",
+                 "--set", "synthetic.image_size=64", "--set", "synthetic.audio_sr=32000"])
+    assert code == 0
+    assert len(discover_runs(out)) == 15
+    assert '"runs": 15' in capsys.readouterr().out
+    assert main(["synth", "--out", str(out), "--good-runs", "4", "--runs-per-class", "1"]) == 2
+
+
+def test_tiny_config_points_at_tiny_data(tiny_config, tiny_data_root):
+    assert Path(tiny_config["data"]["root"]) == tiny_data_root
+    assert tiny_config["synthetic"]["good_runs"] == TINY_SYNTHETIC["good_runs"]
+    assert Path(tiny_config["results"]).parent.is_dir()
+
+
+# Documented signatures (docs/synthetic.md): feature, classes, direction relative to every good run.
+SIGNATURES = [
+    ("gas_flow_mean", ["porosity", "porosity_w_excessive_penetration"], "lower"),
+    ("end_drop", ["crater_cracks"], "higher"),
+    ("voltage_cv", ["spatter"], "higher"),
+    ("current_mean", ["excessive_penetration", "burnthrough", "porosity_w_excessive_penetration"], "higher"),
+    ("current_mean", ["lack_of_fusion"], "lower"),
+    ("audio_crackle", ["porosity", "porosity_w_excessive_penetration", "spatter"], "higher"),
+    ("audio_rms", ["lack_of_fusion"], "lower"),
+    ("video_peak_ratio", ["burnthrough"], "higher"),
+    ("video_flicker", ["porosity", "porosity_w_excessive_penetration", "spatter"], "higher"),
+    ("video_brightness", ["lack_of_fusion"], "lower"),
+    ("image_dark_share", ["burnthrough", "crater_cracks", "excessive_convexity", "excessive_penetration",
+                          "lack_of_fusion", "overlap", "porosity", "porosity_w_excessive_penetration",
+                          "spatter", "undercut"], "higher"),
+    ("image_bend", ["warping"], "higher"),
+    ("image_off_bead_detail", ["spatter"], "higher"),
+]
+
+
+@pytest.mark.parametrize("feature,classes,direction", SIGNATURES, ids=[f"{s[0]}-{s[2]}-{s[1][0]}" for s in SIGNATURES])
+def test_defect_signature_separates_from_every_good_run(features, feature, classes, direction):
+    good = features.loc[features["class_name"] == "good", feature]
+    for name in classes:
+        values = features.loc[features["class_name"] == name, feature]
+        if direction == "higher":
+            assert values.min() > good.max(), f"{name}: {feature} {values.min():.4g} <= good max {good.max():.4g}"
+        else:
+            assert values.max() < good.min(), f"{name}: {feature} {values.max():.4g} >= good min {good.min():.4g}"
+
+
+def test_signature_sizes(features):
+    by_class = features.groupby("class_name")
+    good = features[features["class_name"] == "good"]
+    assert by_class["gas_flow_mean"].max()["porosity"] < 0.05 * good["gas_flow_mean"].min()
+    assert by_class["end_drop"].min()["crater_cracks"] > 0.7 > 0.35 > good["end_drop"].max()
+    assert by_class["video_peak_ratio"].min()["burnthrough"] > 2.0
+    assert features["audio_above_8k_share"].max() < 0.01  # a 16 kHz resample keeps the sound
+
+
+def test_warping_is_visible_only_in_the_result(features):
+    good = features[features["class_name"] == "good"]
+    warping = features[features["class_name"] == "warping"]
+    for feature in ["gas_flow_mean", "current_mean", "voltage_cv", "end_drop", "audio_crackle", "video_peak_ratio"]:
+        assert good[feature].min() * 0.95 <= warping[feature].min(), feature
+        assert warping[feature].max() <= good[feature].max() * 1.05, feature
+    assert np.all(warping["image_bend"] > 2 * good["image_bend"].max())

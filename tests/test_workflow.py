@@ -1,0 +1,160 @@
+"""The Snakemake workflow: lint, the job list as a function of the config, config errors, the data
+part end to end on a tiny synthetic set, and (marker ``workflow``) the full default workflow."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from weldfilm.config import REPO_ROOT, deep_merge, load_config
+from weldfilm.paper import FIGURES, FIGURES_DIR, PAPER_OUTPUTS, TABLES, TABLES_DIR
+
+SNAKEFILE = REPO_ROOT / "workflow" / "Snakefile"
+# a tiny synthetic set: 4 good runs in TRAIN at least, one run of each defect class
+TINY_DATA = {"synthetic": {"good_runs": 8, "runs_per_class": 1, "duration_s": 0.5, "video_size": 32,
+                           "image_size": 64, "num_angles": 2, "audio_sr": 16000, "sensor_hz": 50.0, "workers": 1}}
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the project's Snakefile in ``workdir`` (which holds its config.yaml), as a user would;
+    ``stdout`` holds Snakemake's output and errors together."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), *args]
+    return subprocess.run(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout)
+
+
+def make_workdir(path: Path, merge: dict | None = None, replace: dict | None = None) -> Path:
+    """A working directory with the project's config.yaml, ``merge`` merged into it and the top-level
+    keys of ``replace`` replaced (a ``--configfile`` overlay can only add ablations, not drop them)."""
+    path.mkdir(parents=True, exist_ok=True)
+    raw = deep_merge(yaml.safe_load((REPO_ROOT / "config.yaml").read_text()), merge or {})
+    (path / "config.yaml").write_text(yaml.safe_dump({**raw, **(replace or {})}, sort_keys=False))
+    return path
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a Snakemake dry run as {rule: count}."""
+    table = output.split("Job stats:", 1)[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    counts.pop("total")
+    return counts
+
+
+def expected_job_counts(cfg: dict) -> dict[str, int]:
+    """How many jobs of each rule the config asks for (the paper needs all of them)."""
+    runs = len(cfg["methods"]) * len(cfg["seeds"]) * len(cfg["protocols"])
+    ablation_runs = len(cfg["ablations"]) * len(cfg["seeds"])
+    counts = {"manifest": 1, "validate": 1, "dataset_card": 1, "train": runs, "evaluate": runs,
+              "train_ablation": ablation_runs, "evaluate_ablation": ablation_runs,
+              "tables": 1, "figures": 1, "paper": 1, "all": 1}
+    counts["synthesize"] = int(cfg["data"]["source"] == "synthetic")
+    counts["tiny_backbones"] = int(cfg["backbones"]["source"] == "tiny")
+    # Causal-FiLM runs read a feature cache per split; the default protocols and ablations share one
+    uses_cache = cfg["train"]["feature_cache"] and ("causal_film" in cfg["methods"] or cfg["ablations"])
+    counts["features"] = 3 if uses_cache else 0
+    return {rule: n for rule, n in counts.items() if n}
+
+
+def test_lint_reports_nothing(tmp_path):
+    result = run_snakemake(make_workdir(tmp_path), "--lint")
+    assert result.returncode == 0, result.stdout
+    assert "Lints for" not in result.stdout
+    assert "Congratulations" in result.stdout
+
+
+SMALL = {"seeds": [3], "methods": ["causal_film", "m3dm"], "train": {"feature_cache": False},
+         "ablations": {"no_film": {"causal_film.use_film": False}, "topk_1.0": {"loss.top_k_ratio": 1.0}}}
+
+
+@pytest.mark.parametrize("changes", [{}, SMALL], ids=["default", "small"])
+def test_dry_run_lists_every_job(tmp_path, changes):
+    workdir = make_workdir(tmp_path, merge=changes, replace={"ablations": changes.get("ablations")} if changes else {})
+    result = run_snakemake(workdir, "-n", "--quiet", "rules")
+    assert result.returncode == 0, result.stdout
+    cfg = load_config(workdir / "config.yaml")
+    assert job_counts(result.stdout) == expected_job_counts(cfg)
+
+
+def test_bad_config_stops_with_the_key_named(tmp_path):
+    workdir = make_workdir(tmp_path, merge={"train": {"epochs": 0}, "trian": {"epochs": 3}})
+    result = run_snakemake(workdir, "-n")
+    assert result.returncode != 0
+    assert "config key 'train.epochs'" in result.stdout
+    assert "'trian'" in result.stdout  # the misspelt section is named too
+
+
+def test_missing_pretrained_backbones_stop_the_workflow(tmp_path):
+    missing = str(tmp_path / "no-such-checkpoint")
+    workdir = make_workdir(tmp_path / "work", merge={"backbones": {"source": "pretrained", "video": missing}})
+    result = run_snakemake(workdir, "-n")
+    assert result.returncode != 0
+    assert f"backbones.video={missing}" in result.stdout
+
+
+def test_resume_only_with_checkpoints_of_the_same_config(tmp_path):
+    spec = importlib.util.spec_from_file_location("train_resume", REPO_ROOT / "scripts" / "train_resume.py")
+    train_resume = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_resume)
+    run_dir = tmp_path / "run"
+    assert not train_resume.resume_allowed(run_dir, "aaa")  # first start: nothing to resume
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert train_resume.resume_allowed(run_dir, "aaa")  # killed and restarted: resume
+    assert not train_resume.resume_allowed(run_dir, "bbb")  # config changed: start afresh
+    assert (run_dir / "checkpoints.stale" / "last.pt").is_file()
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_data_part_end_to_end(tmp_path):
+    workdir = make_workdir(tmp_path, merge=TINY_DATA)
+    card = "results/data/card/counts.csv"
+    result = run_snakemake(workdir, "--cores", "2", card)
+    assert result.returncode == 0, result.stdout[-3000:]
+    data = workdir / "results" / "data"
+    manifest = (data / "manifest.csv").read_text().splitlines()
+    assert len(manifest) == 1 + 8 + 11  # header + good + one run per defect class
+    assert json.loads((data / "validation.json").read_text())
+    for name in ("counts.csv", "counts.md", "modalities.png"):
+        assert (data / "card" / name).stat().st_size > 0
+    assert (workdir / "results" / "logs" / "validate.log").is_file()
+
+    # a broken run stops the workflow at validation, with the run named
+    sensor_csv = next((data / "synthetic").rglob("*-03/*.csv"))
+    sensor_csv.write_text("not,a,sensor,table\n")
+    result = run_snakemake(workdir, "--cores", "2", "--forcerun", "validate", card)
+    assert result.returncode != 0
+    assert sensor_csv.parent.name in result.stdout
+    assert not (data / "validation.json").exists()
+
+
+@pytest.mark.workflow
+def test_full_default_workflow(tmp_path):
+    """The CI's end-to-end test: the default config, every rule, into a temporary results folder."""
+    workdir = make_workdir(tmp_path)
+    result = run_snakemake(workdir, "--cores", "2", timeout=1800)
+    assert result.returncode == 0, result.stdout[-5000:]
+    results = workdir / "results"
+    paper = results / "paper"
+    expected = ([paper / TABLES_DIR / name for name in TABLES] + [paper / FIGURES_DIR / name for name in FIGURES]
+                + [paper / name for name in PAPER_OUTPUTS])
+    assert [str(path) for path in expected if not path.is_file()] == []
+    cfg = load_config(workdir / "config.yaml")
+    for protocol in cfg["protocols"]:
+        for method in cfg["methods"]:
+            for seed in cfg["seeds"]:
+                metrics = json.loads((results / "runs" / protocol / method / f"seed{seed}" / "eval" / "test"
+                                      / "metrics.json").read_text())
+                assert 0.0 <= metrics["i_auroc"] <= 1.0 and not math.isnan(metrics["i_auroc"]), (protocol, method)

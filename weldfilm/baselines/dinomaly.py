@@ -1,0 +1,121 @@
+"""The Dinomaly baseline as a ``Method`` (paper section 10.4.3).
+
+Image-only: every post-weld photo of a good TRAIN run is a training sample (resize -> centre crop ->
+ImageNet normalisation), reconstructed through a frozen DINOv2-with-registers encoder, a noisy
+bottleneck and a linear-attention decoder. Fitted by the shared ``Trainer`` with StableAdamW, a
+per-iteration warm-up + cosine schedule and gradient clipping. A run's score is the max over its
+images of the max (or top-ratio mean) of the blurred ``1 - cos`` map.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from weldfilm.baselines.dinomaly_model import DinomalyHead, default_layer_groups
+from weldfilm.baselines.optim import StableAdamW
+from weldfilm.baselines.common import MemoryCachedDataset, fair_selection_split
+from weldfilm.methods import Method, normal_only_subset, scores_frame
+from weldfilm.training import load_selected_weights, move_to_device, score_loader, warmup_cosine_scheduler
+
+
+class DinomalyTrainable(DinomalyHead):
+    """``DinomalyHead`` built from the ``dinomaly`` config section, with its StableAdamW schedule."""
+
+    def __init__(self, encoder, section: dict):
+        groups = section["layer_groups"] or default_layer_groups(encoder.config.num_hidden_layers)
+        super().__init__(encoder, groups, section["decoder_depth"], section["crop_size"], section["dropout"],
+                         section["bottleneck_ratio"], section["map_size"], section["blur_sigma"],
+                         section["score_top_ratio"], section["hard_ratio"], section["hard_ramp_iters"],
+                         section["easy_factor"])
+        self.section = section
+
+    def configure_optimizer(self, train_cfg: dict, steps_per_epoch: int):
+        s = self.section
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = StableAdamW(trainable, lr=s["lr"], weight_decay=s["weight_decay"], eps=s["eps"],
+                                amsgrad=s["amsgrad"])
+        scheduler = warmup_cosine_scheduler(optimizer, total_steps=train_cfg["epochs"] * max(1, steps_per_epoch),
+                                            min_lr=s["final_lr"], warmup_steps=s["warmup_iters"])
+        return optimizer, scheduler, "step"
+
+
+class DinomalyMethod(Method):
+    """Frozen DINOv2-reg encoder + trained bottleneck/decoder; image-level reconstruction scores."""
+
+    name = "dinomaly"
+    paper_selection_split = "test"  # the authors saved best_model.pth by TEST AUROC
+    modalities = ("post_weld_images",)
+
+    def __init__(self, cfg: dict, run_dir, device=None):
+        super().__init__(cfg, run_dir, device)
+        self.section = cfg["dinomaly"]
+        self.selection = fair_selection_split(self)
+        self.best_path = self.run_dir / "checkpoints" / "best.pt"
+        self._datasets: dict = {}
+
+    def _head(self) -> DinomalyTrainable:
+        from transformers import Dinov2WithRegistersModel
+
+        from weldfilm.models.backbones import load_pretrained
+
+        encoder = load_pretrained(self.cfg["backbones"]["dinomaly_encoder"], Dinov2WithRegistersModel)
+        return DinomalyTrainable(encoder, self.section)
+
+    def _loader(self, split: str, train: bool = False):
+        if split not in self._datasets:
+            dataset = self.dataset(split, augment=False, image_size=self.section["resize"])
+            self._datasets[split] = MemoryCachedDataset(dataset) if self.section["cache_inputs"] else dataset
+        dataset = self._datasets[split]
+        if train:
+            dataset = normal_only_subset(dataset)
+        return self.loader(dataset, train, batch_size=self.section["batch_size"] if train else None)
+
+    def _train_cfg(self) -> dict:
+        s = self.section
+        return {**self.cfg["train"], "epochs": s["epochs"], "lr": s["lr"], "weight_decay": s["weight_decay"],
+                "gradient_clip": s["gradient_clip"], "use_ema": False, "warmup_epochs": 0,
+                "early_stopping_patience": 0}
+
+    # -------------------------------------------------------------------------------------- API
+    def uses_augmentation(self) -> bool:
+        return False  # deterministic resize / crop / normalise, as the authors' adapter
+
+    def input_resolution(self) -> dict:
+        s = self.section
+        return {"post_weld_images": {"views": self.cfg["preprocess"]["num_angles"], "resize": s["resize"],
+                                     "crop": s["crop_size"], "normalisation": "ImageNet"}}
+
+    def describe(self) -> dict:
+        s = self.section
+        return {**super().describe(), "selection_split": self.selection,
+                "training_samples": "every post-weld image of a good TRAIN run",
+                "run_score": "max over the run's images of " + ("the max pixel" if s["score_top_ratio"] <= 0 else
+                                                               f"the top-{s['score_top_ratio']:g} pixel mean")}
+
+    def fit(self, resume: bool = False) -> dict:
+        head = self._head()
+        result = self.trainer("", self._train_cfg()).fit(head, self._loader("train", train=True),
+                                                        self._loader(self.selection), resume)
+        return {"selection_split": self.selection, "layer_groups": head.layer_groups, **result.to_dict()}
+
+    def _selected_head(self) -> DinomalyTrainable:
+        head = self._head()
+        load_selected_weights(head, self.best_path)
+        return head.to(self.device).eval()
+
+    def score(self, split: str):
+        scored = score_loader(self._selected_head(), self._loader(split), self.device, self.cfg["train"])
+        return scores_frame(scored["sample_id"], scored["score"])
+
+    @torch.no_grad()
+    def anomaly_maps(self, split: str) -> np.ndarray:
+        """Per run, the map ``(map_size, map_size)`` of its highest-scoring image, in ``score`` order."""
+        head, out = self._selected_head(), []
+        for batch in self._loader(split):
+            maps, run_index = head.anomaly_maps(move_to_device(batch, self.device))
+            per_image = head.image_scores_of(maps)
+            for run in range(len(batch["sample_id"])):
+                mine = (run_index == run).nonzero().flatten()
+                out.append(maps[mine[per_image[mine].argmax()], 0].cpu().numpy())
+        return np.stack(out)

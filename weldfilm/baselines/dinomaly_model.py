@@ -1,0 +1,274 @@
+"""Dinomaly baseline (paper section 10.4.3): pure modules and functions, no fitting code.
+
+Frozen DINOv2-with-registers encoder -> middle blocks fused into groups -> noisy bottleneck MLP ->
+decoder of linear-attention blocks -> reconstruct each group's encoder features. Training loss =
+global cosine distance per group with hard mining; anomaly map = 1 - cosine per patch.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from weldfilm.baselines.m3dm_bank import gaussian_blur  # separable, radius 3 sigma, reflect padding
+from weldfilm.errors import ConfigError, DataError
+from weldfilm.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+
+
+def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
+    """The positive feature map phi(x) = ELU(x) + 1 of linear attention."""
+    return F.elu(x) + 1.0
+
+
+class LinearAttention(nn.Module):
+    """Multi-head linear attention: ``phi(q) (phi(k)^T v) / (phi(q) . sum_s phi(k_s))`` (no softmax)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"LinearAttention: dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = elu_feature_map(qkv[0]), elu_feature_map(qkv[1]), qkv[2]  # (B, heads, N, d)
+        kv = torch.einsum("bhsd,bhse->bhde", k, v)
+        normaliser = torch.einsum("bhnd,bhd->bhn", q, k.sum(dim=2))
+        out = torch.einsum("bhnd,bhde->bhne", q, kv) / normaliser.unsqueeze(-1)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm transformer block with linear attention and a 4x GELU MLP; LayerNorm eps 1e-8."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, eps: float = 1e-8):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = LinearAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class BottleneckMLP(nn.Module):
+    """The noisy bottleneck: Linear(dim -> hidden) -> GELU -> Dropout -> Linear(hidden -> dim) -> Dropout."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim),
+                                 nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def default_layer_groups(num_layers: int) -> list[list[int]]:
+    """Middle encoder blocks split into two groups: ViT-B (12) -> [[2, 3, 4, 5], [6, 7, 8, 9]], scaled for others."""
+    start, stop = round(num_layers / 6), round(5 * num_layers / 6)
+    if stop - start < 2:
+        start, stop = max(0, num_layers - 2), num_layers
+    if stop - start < 2:
+        raise ConfigError(f"Dinomaly needs an encoder with at least 2 blocks, got {num_layers}")
+    layers = list(range(start, stop))
+    half = len(layers) // 2
+    return [layers[:half], layers[half:]]
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; the backward multiplies the incoming gradient by a fixed tensor."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
+def scale_gradient_where(tensor: torch.Tensor, mask: torch.Tensor, factor: float) -> torch.Tensor:
+    """Identity in the forward pass; multiplies the gradient by ``factor`` where ``mask`` is true.
+
+    ``mask`` broadcasts against ``tensor`` (e.g. ``(B, 1, H, W)`` for a ``(B, C, H, W)`` feature map).
+    """
+    scale = torch.where(mask, torch.tensor(factor, dtype=tensor.dtype, device=tensor.device),
+                        torch.tensor(1.0, dtype=tensor.dtype, device=tensor.device))
+    return _ScaleGradient.apply(tensor, scale)
+
+
+def global_cosine_hard_mining(encoder_maps: Sequence[torch.Tensor], decoder_maps: Sequence[torch.Tensor],
+                              hard_ratio: float, easy_factor: float = 0.1) -> torch.Tensor:
+    """Dinomaly's loss: mean over groups of ``1 - cos`` between flattened encoder and decoder maps per sample.
+
+    Hard mining: the points whose distance ``1 - cos`` (over channels) lies below the
+    ``hard_ratio`` quantile (the easiest ``hard_ratio`` fraction) pass only ``easy_factor`` of their
+    gradient to the decoder. Encoder maps are targets (detached).
+    """
+    if not 0.0 <= hard_ratio < 1.0:
+        raise ValueError(f"hard_ratio must be in [0, 1), got {hard_ratio}")
+    loss = 0.0
+    for target, recon in zip(encoder_maps, decoder_maps, strict=True):
+        target = target.detach()
+        with torch.no_grad():
+            point_distance = 1 - F.cosine_similarity(target, recon, dim=1).unsqueeze(1)  # (B, 1, H, W)
+            keep = max(1, int(point_distance.numel() * (1 - hard_ratio)))
+            threshold = torch.topk(point_distance.flatten(), k=keep).values[-1]
+        recon = scale_gradient_where(recon, point_distance < threshold, easy_factor)
+        loss = loss + (1 - F.cosine_similarity(target.flatten(1), recon.flatten(1), dim=1)).mean()
+    return loss / len(encoder_maps)
+
+
+def anomaly_map(encoder_maps: Sequence[torch.Tensor], decoder_maps: Sequence[torch.Tensor], size: int,
+                sigma: float) -> torch.Tensor:
+    """``1 - cos`` per patch for each group, bilinearly upsampled to ``size``, averaged, blurred -> ``(B, 1, size, size)``."""
+    maps = [F.interpolate(1 - F.cosine_similarity(e, d, dim=1).unsqueeze(1), size=(size, size), mode="bilinear",
+                          align_corners=False) for e, d in zip(encoder_maps, decoder_maps, strict=True)]
+    return gaussian_blur(torch.stack(maps).mean(dim=0), sigma)
+
+
+def image_scores(maps: torch.Tensor, top_ratio: float = 0.0) -> torch.Tensor:
+    """``(B, 1, H, W)`` -> ``(B,)``: the max pixel (``top_ratio`` 0) or the mean of the top ``top_ratio`` pixels."""
+    flat = maps.flatten(1)
+    if top_ratio <= 0:
+        return flat.amax(dim=1)
+    k = max(1, int(flat.shape[1] * top_ratio))
+    return flat.topk(k, dim=1).values.mean(dim=1)
+
+
+class DinomalyHead(nn.Module):
+    """Frozen encoder + trainable bottleneck and decoder; ``training_losses`` / ``anomaly_scores`` for the Trainer.
+
+    Batches are run batches of ``collate_batch``: ``post_weld_images (B, N, 3, R, R)`` in [0, 1]
+    (already resized to R) and ``num_images (B,)``; every real image is one sample, centre-cropped
+    to ``crop_size`` and ImageNet-normalised here. A run's score is the max over its images. The
+    encoder's weights are not part of ``state_dict`` (it is frozen and loaded from its directory).
+    """
+
+    def __init__(self, encoder: nn.Module, layer_groups: Sequence[Sequence[int]], decoder_depth: int,
+                 crop_size: int, dropout: float = 0.2, bottleneck_ratio: float = 4.0, map_size: int = 256,
+                 blur_sigma: float = 4.0, score_top_ratio: float = 0.0, hard_ratio: float = 0.9,
+                 hard_ramp_steps: int = 1000, easy_factor: float = 0.1):
+        super().__init__()
+        config = encoder.config
+        self.layer_groups = [list(map(int, group)) for group in layer_groups]
+        layers = sorted({layer for group in self.layer_groups for layer in group})
+        if not layers or layers[0] < 0 or layers[-1] >= config.num_hidden_layers:
+            raise ConfigError(f"Dinomaly layer groups {self.layer_groups} must index blocks 0..{config.num_hidden_layers - 1}")
+        if decoder_depth % len(self.layer_groups):
+            raise ConfigError(f"Dinomaly decoder depth {decoder_depth} must be a multiple of {len(self.layer_groups)} groups")
+        if crop_size % config.patch_size:
+            raise ConfigError(f"Dinomaly crop size {crop_size} must be a multiple of the encoder patch size {config.patch_size}")
+        encoder.encoder.layer = encoder.encoder.layer[: layers[-1] + 1]  # later blocks are never used
+        encoder.requires_grad_(False)
+        self.encoder = encoder.eval()
+        self.encoder.register_state_dict_post_hook(_drop_own_keys)
+        self.register_load_state_dict_post_hook(_ignore_missing_encoder_keys)
+        dim, heads = config.hidden_size, config.num_attention_heads
+        self.prefix_tokens = 1 + int(getattr(config, "num_register_tokens", 0))
+        self.target_layers = layers
+        self.bottleneck = BottleneckMLP(dim, int(dim * bottleneck_ratio), dropout)
+        self.decoder = nn.ModuleList(DecoderBlock(dim, heads) for _ in range(decoder_depth))
+        self.crop_size, self.map_size, self.blur_sigma = crop_size, map_size, blur_sigma
+        self.score_top_ratio, self.hard_ratio, self.easy_factor = score_top_ratio, hard_ratio, easy_factor
+        self.hard_ramp_steps = hard_ramp_steps
+        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.encoder.eval()  # frozen: no dropout, ever
+        return self
+
+    def images_of(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real images of a run batch, cropped and normalised ``(M, 3, c, c)``, and each image's run index ``(M,)``."""
+        images, counts = batch["post_weld_images"], torch.as_tensor(batch["num_images"])
+        if (counts < 1).any():
+            missing = [sid for sid, n in zip(batch["sample_id"], counts.tolist()) if n < 1]
+            raise DataError(f"Dinomaly: runs without post-weld images cannot be scored: {missing}")
+        valid = torch.arange(images.shape[1]).unsqueeze(0) < counts.unsqueeze(1)  # (B, N)
+        run_index = torch.arange(images.shape[0]).unsqueeze(1).expand_as(valid)[valid]
+        flat = images[valid.to(images.device)]
+        top = (flat.shape[-2] - self.crop_size) // 2
+        left = (flat.shape[-1] - self.crop_size) // 2
+        if top < 0 or left < 0:
+            raise ConfigError(f"Dinomaly: images of size {tuple(flat.shape[-2:])} are smaller than the crop {self.crop_size}")
+        crop = flat[..., top: top + self.crop_size, left: left + self.crop_size]
+        return (crop - self.mean) / self.std, run_index.to(images.device)
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Normalised images -> (encoder maps, decoder maps), one ``(M, dim, h, w)`` map per group."""
+        with torch.no_grad():
+            hidden = self.encoder(pixel_values=images, output_hidden_states=True).hidden_states
+        blocks = {layer: hidden[layer + 1][:, self.prefix_tokens:] for layer in self.target_layers}
+        x = self.bottleneck(torch.stack(list(blocks.values())).mean(dim=0))
+        decoded = []
+        for block in self.decoder:
+            x = block(x)
+            decoded.append(x)
+        decoded = decoded[::-1]  # the last decoder block reconstructs the earliest group
+        per_group = len(decoded) // len(self.layer_groups)
+        encoder_maps = [torch.stack([blocks[l] for l in group]).mean(dim=0) for group in self.layer_groups]
+        decoder_maps = [torch.stack(decoded[g * per_group:(g + 1) * per_group]).mean(dim=0)
+                        for g in range(len(self.layer_groups))]
+        side = images.shape[-1] // self.encoder.config.patch_size
+        return [_to_map(t, side) for t in encoder_maps], [_to_map(t, side) for t in decoder_maps]
+
+    def current_hard_ratio(self) -> float:
+        """Hard-mining ratio, ramped linearly from 0 to ``hard_ratio`` over ``hard_ramp_steps`` steps."""
+        progress = min(1.0, int(self.train_steps) / max(1, self.hard_ramp_steps))
+        return self.hard_ratio * progress
+
+    def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        images, _ = self.images_of(batch)
+        encoder_maps, decoder_maps = self(images)
+        hard_ratio = self.current_hard_ratio()
+        loss = global_cosine_hard_mining(encoder_maps, decoder_maps, hard_ratio, self.easy_factor)
+        if self.training:
+            self.train_steps += 1
+        return {"loss": loss, "hard_ratio": torch.tensor(hard_ratio)}
+
+    def anomaly_maps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image anomaly maps ``(M, 1, map_size, map_size)`` and each image's run index ``(M,)``."""
+        images, run_index = self.images_of(batch)
+        encoder_maps, decoder_maps = self(images)
+        return anomaly_map(encoder_maps, decoder_maps, self.map_size, self.blur_sigma), run_index
+
+    def image_scores_of(self, maps: torch.Tensor) -> torch.Tensor:
+        """Image scores of maps ``(M, 1, H, W)`` -> ``(M,)`` (max, or the top-ratio mean)."""
+        return image_scores(maps, self.score_top_ratio)
+
+    def anomaly_scores(self, batch: dict) -> torch.Tensor:
+        """A run's score = max over its images' scores -> ``(B,)``."""
+        maps, run_index = self.anomaly_maps(batch)
+        per_image = self.image_scores_of(maps)
+        runs = torch.full((len(batch["num_images"]),), float("-inf"), dtype=per_image.dtype, device=per_image.device)
+        return runs.scatter_reduce(0, run_index, per_image, reduce="amax")
+
+
+def _to_map(tokens: torch.Tensor, side: int) -> torch.Tensor:
+    """Patch tokens ``(M, side*side, dim)`` -> feature map ``(M, dim, side, side)``."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
+
+
+def _drop_own_keys(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        del state_dict[key]
+
+
+def _ignore_missing_encoder_keys(module: nn.Module, incompatible_keys) -> None:
+    missing = incompatible_keys.missing_keys
+    for key in [k for k in missing if k.startswith("encoder.")]:
+        missing.remove(key)

@@ -1,0 +1,145 @@
+"""Causal-FiLM as a Method: frozen-backbone features (cached or on the fly) -> CausalFiLMHead -> shared Trainer.
+
+Training subset: the normal-only heuristic of spec 8.3 on TRAIN. Features of a split come from the
+feature cache when ``train.feature_cache`` is on and the split is not augmented, otherwise from the
+backbones on the fly; both paths go through the same ``FrozenBackbones.extract``. The checkpoint is
+selected on the protocol's selection split (VAL for Causal-FiLM), and ``score`` uses ``best.pt``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from weldfilm.features import (CAUSAL_FILM_MODALITIES, FeatureDataset, build_feature_cache, cache_file, cache_is_current,
+                               cache_key, default_feature_dir, feature_loader)
+from weldfilm.methods import Method, make_loader, normal_only_indices, scores_frame
+from weldfilm.training import load_selected_weights, score_loader, seed_everything
+
+
+class ExtractingLoader:
+    """Wraps a data loader: yields ``backbones.extract(batch)`` (exposes the loader's dataset and samplers)."""
+
+    def __init__(self, loader, backbones):
+        self.loader, self.backbones = loader, backbones
+        self.dataset, self.sampler, self.generator = loader.dataset, loader.sampler, loader.generator
+        self.batch_sampler = loader.batch_sampler
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield self.backbones.extract(batch)
+
+
+class CausalFiLMMethod(Method):
+    name = "causal_film"
+    paper_selection_split = "val"
+    modalities = CAUSAL_FILM_MODALITIES
+
+    def __init__(self, cfg: dict, run_dir: Path, device=None, feature_dir=None):
+        super().__init__(cfg, run_dir, device)
+        self.feature_dir = Path(feature_dir) if feature_dir else default_feature_dir(cfg)
+        self._backbones = None
+        self._cache_key = None
+        self._meta: dict | None = None      # dims, text embedding, token shapes (from a cache or the backbones)
+        self.feature_source: dict[str, str] = {}
+
+    # ------------------------------------------------------------------------------ features
+    def backbones(self):
+        if self._backbones is None:
+            from weldfilm.models.backbones import FrozenBackbones
+
+            self._backbones = FrozenBackbones.from_config(self.cfg, self.device)
+        return self._backbones
+
+    def uses_cache(self, split: str) -> bool:
+        augmented = split.lower() == "train" and self.uses_augmentation()
+        return bool(self.cfg["train"].get("feature_cache", True)) and not augmented
+
+    def split_data(self, split: str):
+        """The split's dataset (FeatureDataset or WeldingDataset), with ``labels`` and ``sample_ids``."""
+        split = split.lower()
+        if self.uses_cache(split):
+            if self._cache_key is None:
+                self._cache_key = cache_key(self.cfg)
+            path = cache_file(self.feature_dir, split)
+            if not cache_is_current(path, self._cache_key):
+                build_feature_cache(self.cfg, split, path, backbones=self.backbones(), device=self.device)
+            data = FeatureDataset(path, self._cache_key)
+            self.feature_source[split] = f"cache {path}"
+            if self._meta is None:
+                self._meta = {"dims": data.dims, "text_embedding": data.text_embedding,
+                              "token_shapes": data.meta["token_shapes"], "text": data.meta["text"]}
+            return data
+        data = self.dataset(split, augment=None)
+        self.feature_source[split] = "backbones on the fly" + (" (augmented)" if data.augment else "")
+        return data
+
+    def loader_of(self, data, train: bool, indices=None):
+        """Batches of feature dicts for ``data`` (restricted to ``indices``), shuffled when training."""
+        subset = torch.utils.data.Subset(data, indices) if indices is not None else data
+        t = self.cfg["train"]
+        size = t["batch_size"] if train else t.get("eval_batch_size", 32)
+        if isinstance(data, FeatureDataset):
+            return feature_loader(subset, size, shuffle=train, seed=self.seed)
+        loader = make_loader(subset, size, shuffle=train, seed=self.seed, num_workers=t.get("num_workers", 0))
+        return ExtractingLoader(loader, self.backbones())
+
+    def meta(self) -> dict:
+        """Backbone dims, CLIP text embedding (or None) and token shapes, read once."""
+        if self._meta is None:
+            backbones = self.backbones()
+            prompt = self.cfg["loss"].get("text_prompt", "a normal weld")
+            available = backbones.clip_model is not None
+            self._meta = {"dims": backbones.dims, "token_shapes": backbones.token_shapes(),
+                          "text_embedding": backbones.text_embedding(prompt).cpu() if available else None,
+                          "text": {"prompt": prompt, "available": available}}
+        return self._meta
+
+    def build_head(self):
+        from weldfilm.models.causal_film import CausalFiLMHead
+
+        meta = self.meta()
+        text = meta["text_embedding"] if self.cfg["loss"].get("lambda_text", 0.0) > 0 else None
+        return CausalFiLMHead.from_config(self.cfg, meta["dims"], text).to(self.device)
+
+    # ------------------------------------------------------------------------------ contract
+    def fit(self, resume: bool = False) -> dict:
+        train = self.split_data("train")
+        keep = normal_only_indices(train.labels, train.sample_ids)
+        self.notes.append(f"training subset: {len(keep)} of {len(train)} TRAIN samples are normal (spec 8.3 heuristic)")
+        selection = self.selection_split
+        val_loader = self.loader_of(self.split_data(selection), train=False) if selection else None
+        seed_everything(self.seed)
+        head = self.build_head()
+        result = self.trainer().fit(head, self.loader_of(train, train=True, indices=keep), val_loader,
+                                    resume=resume, select_on="auroc")
+        self.notes.extend(result.notes)
+        self.head_description = head.describe()
+        return {**result.to_dict(), "train_samples": len(keep), "head": self.head_description}
+
+    def score(self, split: str) -> pd.DataFrame:
+        data = self.split_data(split)
+        head = self.build_head()
+        load_selected_weights(head, self.run_dir / "checkpoints" / "best.pt")
+        out = score_loader(head, self.loader_of(data, train=False), self.device, self.cfg["train"])
+        return scores_frame(out["sample_id"], out["score"])
+
+    def token_shapes(self) -> dict:
+        return dict(self.meta()["token_shapes"])
+
+    def describe(self) -> dict:
+        out = super().describe()
+        meta = self.meta()
+        lambda_text = self.cfg["loss"].get("lambda_text", 0.0)
+        out["text_term"] = {"prompt": meta["text"]["prompt"], "clip_available": meta["text"]["available"],
+                            "lambda_text": lambda_text, "active": bool(meta["text"]["available"] and lambda_text > 0)}
+        out["feature_source"] = dict(self.feature_source)
+        out["backbones"] = {k: self.cfg["backbones"].get(k) for k in ("source", "video", "audio", "image", "clip")}
+        if getattr(self, "head_description", None):
+            out["head"] = self.head_description
+        return out

@@ -1,0 +1,171 @@
+"""The Method contract (docs/ARCHITECTURE.md), the registry name -> class, and helpers every method shares.
+
+A method is built from a run config (``weldfilm.config.run_config``), a run directory and a device.
+Helpers here: device choice (``train.device``), seeded data loaders, the selection split of the
+protocol, the normal-only training subset of spec 8.3 and the ``describe()`` skeleton.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from weldfilm.errors import ConfigError
+from weldfilm.training import Trainer, seeded_generator
+
+REGISTRY: dict[str, str] = {
+    "causal_film": "weldfilm.causal_film_method:CausalFiLMMethod",
+    "late_fusion": "weldfilm.baselines.late_fusion:LateFusionMethod",
+    "m3dm": "weldfilm.baselines.m3dm:M3DMMethod",
+    "dinomaly": "weldfilm.baselines.dinomaly:DinomalyMethod",
+}
+SPLITS = ("train", "val", "test")
+
+
+def get_method(name: str) -> type["Method"]:
+    """The Method class registered as ``name`` (imported only now, so unused methods cost nothing)."""
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown method '{name}'; known: {', '.join(REGISTRY)}")
+    module_name, class_name = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def build_method(cfg: dict, run_dir, device=None) -> "Method":
+    """The method named by ``cfg['run']['method']``, for a run config from ``run_config``."""
+    if "run" not in cfg:
+        raise ConfigError("build_method needs a run config (weldfilm.config.run_config): 'run' is missing")
+    return get_method(cfg["run"]["method"])(cfg, Path(run_dir), device)
+
+
+def resolve_device(train_cfg: dict) -> torch.device:
+    """``train.device``: auto -> cuda when available else cpu; cuda without a GPU is an error."""
+    choice = train_cfg.get("device", "auto")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but torch sees no CUDA device; set train.device: auto or cpu")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def normal_only_indices(labels, sample_ids) -> list[int]:
+    """Spec 8.3: keep a training sample if its label is 0, or its id contains 'good' or 'normal'."""
+    return [i for i, (label, sid) in enumerate(zip(labels, sample_ids))
+            if int(label) == 0 or "good" in str(sid).lower() or "normal" in str(sid).lower()]
+
+
+def normal_only_subset(dataset) -> torch.utils.data.Subset:
+    """``Subset`` of the normal samples of a dataset exposing ``labels`` and ``sample_ids``."""
+    return torch.utils.data.Subset(dataset, normal_only_indices(dataset.labels, dataset.sample_ids))
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
+                collate_fn=None) -> torch.utils.data.DataLoader:
+    """A DataLoader whose shuffling uses its own seeded generator (repeatable, resumable)."""
+    if collate_fn is None:
+        from weldfilm.data.dataset import collate_batch as collate_fn
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                                       collate_fn=collate_fn, generator=seeded_generator(seed),
+                                       persistent_workers=False)
+
+
+def scores_frame(sample_ids, scores) -> pd.DataFrame:
+    """The frame ``Method.score`` returns: ``sample_id, score`` (higher = more anomalous)."""
+    return pd.DataFrame({"sample_id": list(sample_ids), "score": np.asarray(scores, dtype=np.float64)})
+
+
+class Method:
+    """Base class of Causal-FiLM and the baselines (contract: docs/ARCHITECTURE.md)."""
+
+    name: str = ""
+    # Where the authors' code selected its checkpoint (used when train.selection_split is 'paper'):
+    # "val", "test", or None (no selection: last epoch / train loss).
+    paper_selection_split: str | None = "val"
+    # Dataset modalities the method reads (keys of WeldingDataset's MODALITIES).
+    modalities: tuple[str, ...] = ()
+
+    def __init__(self, cfg: dict, run_dir: Path, device=None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(device) if device is not None else resolve_device(cfg["train"])
+        self.seed = int((cfg.get("run") or {}).get("seed", 0))
+        self.notes: list[str] = []
+
+    # ------------------------------------------------------------------------------ contract
+    def describe(self) -> dict:
+        """Modalities, input resolutions, augmentation, training and selection split (fairness table)."""
+        run = self.cfg.get("run") or {}
+        return {
+            "method": self.name,
+            "protocol": run.get("protocol"),
+            "ablation": run.get("ablation"),
+            "modalities": list(self.modalities),
+            "input_resolution": self.input_resolution(),
+            "augmentation": self.uses_augmentation(),
+            "training_split": "TRAIN (normal only)",
+            "selection_split": self.selection_split,
+            "threshold_split": self.cfg.get("evaluation", {}).get("threshold_split", "val"),
+        }
+
+    def fit(self, resume: bool = False) -> dict:
+        raise NotImplementedError
+
+    def score(self, split: str) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def anomaly_maps(self, split: str):
+        """Per-sample spatial maps ``(N, H, W)`` in ``score`` order, or None (no real maps)."""
+        return None
+
+    def token_shapes(self) -> dict:
+        """Backbone token shapes seen at run time (metadata ``token_shapes``); {} when none."""
+        return {}
+
+    # ------------------------------------------------------------------------------ helpers
+    @property
+    def selection_split(self) -> str | None:
+        """'val', 'test' or None, from ``train.selection_split`` ('paper' -> the authors' choice)."""
+        choice = self.cfg["train"].get("selection_split", "val")
+        if choice == "paper":
+            return self.paper_selection_split
+        return None if choice == "none" else choice
+
+    def uses_augmentation(self) -> bool:
+        return bool(self.cfg["train"].get("use_augmentations", False))
+
+    def input_resolution(self) -> dict:
+        """The preprocessing sizes of the modalities this method reads."""
+        p = self.cfg["preprocess"]
+        table = {
+            "video": {"frames": p["video_frames"], "size": p["frame_size"]},
+            "post_weld_images": {"views": p["num_angles"], "size": p["image_size"]},
+            "audio": {"type": p["audio_type"], "sr": p["audio_sr"], "bins": p["audio_mel_bins"],
+                      "frames": p["audio_frames"]},
+            "sensor": {"length": p["sensor_length"], "channels": p["sensor_channels"]},
+        }
+        return {m: table[m] for m in self.modalities if m in table}
+
+    def dataset(self, split: str, augment: bool | None = False, modalities=None, **overrides):
+        """``dataset_from_config`` for this run (``modalities`` defaults to the method's)."""
+        from weldfilm.data.dataset import dataset_from_config
+
+        if split.lower() not in SPLITS:
+            raise ConfigError(f"split must be one of {SPLITS}, got '{split}'")
+        return dataset_from_config(self.cfg, split, augment=augment,
+                                   modalities=modalities if modalities is not None else (self.modalities or None),
+                                   **overrides)
+
+    def loader(self, dataset, train: bool, batch_size: int | None = None, collate_fn=None):
+        """Seeded loader: shuffled with ``train.batch_size`` for training, in order with ``eval_batch_size`` else."""
+        t = self.cfg["train"]
+        size = batch_size or (t["batch_size"] if train else t.get("eval_batch_size", 32))
+        return make_loader(dataset, size, shuffle=train, seed=self.seed, num_workers=t.get("num_workers", 0),
+                           collate_fn=collate_fn)
+
+    def trainer(self, prefix: str = "", train_cfg: dict | None = None) -> Trainer:
+        """The shared Trainer for this run dir (``train_cfg`` lets a baseline pass its own schedule keys)."""
+        return Trainer(self.run_dir, train_cfg if train_cfg is not None else self.cfg["train"], self.device,
+                       self.seed, prefix)

@@ -1,0 +1,181 @@
+# Paths, wildcard constraints and helpers shared by every rule file.
+# CFG is the validated config (profile applied, defaults filled) made in the Snakefile.
+
+import functools
+import os
+import re
+from pathlib import Path
+
+from weldfilm import paper as paper_outputs
+from weldfilm.config import REPO_ROOT, run_config
+from weldfilm.features import feature_dir_key
+from weldfilm.io import stable_hash
+
+RESULTS = os.path.normpath(CFG["results"])
+LOGS = os.path.join(RESULTS, "logs")
+SEEDS = [int(seed) for seed in CFG["seeds"]]
+METHODS = list(CFG["methods"])
+PROTOCOLS = list(CFG["protocols"])
+ABLATIONS = list(CFG["ablations"])
+ABLATION_METHOD = "causal_film"  # ARCHITECTURE.md: ablations are Causal-FiLM runs ...
+ABLATION_PROTOCOL = "fair"  # ... under the fair protocol
+FEATURE_CACHE_METHODS = ("causal_film",)  # methods whose class reads the feature cache
+SPLITS = ["train", "val", "test"]
+EVAL_SPLITS = list(CFG["workflow"]["eval_splits"])
+
+DATA_ROOT = os.path.normpath(CFG["data"]["root"])
+PAPER_MANIFEST = CFG["data"]["paper_manifest"]
+MANIFEST = os.path.join(RESULTS, "data", "manifest.csv")
+VALIDATION = os.path.join(RESULTS, "data", "validation.json")
+CARD_DIR = os.path.join(RESULTS, "data", "card")
+CARD_FILES = ["counts.csv", "counts.md", "modalities.png"]
+
+# backbone config key -> folder name written by `weldfilm tiny-backbones` (weldfilm.models.tiny.TINY_DIRS)
+TINY_BACKBONE_NAMES = {
+    "video": "vjepa2",
+    "audio": "ast",
+    "image": "dinov3",
+    "clip": "clip",
+    "m3dm_rgb": "dino_vitb8",
+    "dinomaly_encoder": "dinov2_reg",
+}
+BACKBONE_DIRS = {key: os.path.normpath(CFG["backbones"][key]) for key in TINY_BACKBONE_NAMES if CFG["backbones"][key]}
+
+RUN_DIR = os.path.join(RESULTS, "runs", "{protocol}", "{method}", "seed{seed}")
+ABLATION_DIR = os.path.join(RESULTS, "ablations", "{ablation}", "seed{seed}")
+FEATURE_FILE = os.path.join(RESULTS, "features", "{feature_key}", "{split}.safetensors")
+PAPER_DIR = os.path.join(RESULTS, "paper")
+PAPER_SRC = str(REPO_ROOT / CFG["workflow"]["paper_src"])
+
+
+@functools.lru_cache(maxsize=None)
+def cached_run_config(method, seed, protocol, ablation):
+    """weldfilm.config.run_config, computed once per run."""
+    return run_config(CFG, method, seed, protocol, ablation)
+
+
+def all_run_settings():
+    """Every run of the paper: methods x seeds x protocols, then ablations x seeds."""
+    main = [dict(method=m, seed=s, protocol=p, ablation=None) for p in PROTOCOLS for m in METHODS for s in SEEDS]
+    ablations = [dict(method=ABLATION_METHOD, seed=s, protocol=ABLATION_PROTOCOL, ablation=a)
+                 for a in ABLATIONS for s in SEEDS]
+    return main + ablations
+
+
+def feature_key_of(settings):
+    """The feature-cache folder key of a run (weldfilm.features.feature_dir_key), None without a cache."""
+    cfg = cached_run_config(**settings)
+    if settings["method"] not in FEATURE_CACHE_METHODS or not cfg["train"]["feature_cache"]:
+        return None
+    return feature_dir_key(cfg)
+
+
+# feature key -> the protocol/ablation whose config builds it (the seed does not enter the key). One
+# cache serves every run with the same backbones, preprocessing and data; a protocol or ablation that
+# changes them gets its own folder, never a stale cache.
+FEATURE_SOURCES = {}
+for _settings in all_run_settings():
+    _key = feature_key_of(_settings)
+    if _key:
+        FEATURE_SOURCES.setdefault(_key, {"protocol": _settings["protocol"], "ablation": _settings["ablation"]})
+
+
+def _alternatives(names):
+    """A regex that matches exactly one of ``names``; none at all when the list is empty."""
+    return "|".join(re.escape(str(name)) for name in names) or "(?!)"
+
+
+wildcard_constraints:
+    method=_alternatives(METHODS),
+    protocol=_alternatives(PROTOCOLS),
+    ablation=_alternatives(ABLATIONS),
+    feature_key=_alternatives(FEATURE_SOURCES),
+    seed=r"\d+",
+    split=_alternatives(SPLITS),
+
+
+def section_hash(*sections):
+    """Hash of config sections, passed as a rule param so that changing them re-runs the rule."""
+    return stable_hash({name: CFG[name] for name in sections})
+
+
+# sections that say which runs exist, not how one run behaves: changing them re-runs nothing
+BOOKKEEPING_KEYS = ("profile", "profiles", "protocols", "ablations", "seeds", "methods", "results", "workflow")
+
+
+def run_settings(wildcards):
+    """Method, seed, protocol and ablation of a train/evaluate job (main run or ablation)."""
+    return {
+        "method": wildcards.get("method", ABLATION_METHOD),
+        "seed": int(wildcards.seed),
+        "protocol": wildcards.get("protocol", ABLATION_PROTOCOL),
+        "ablation": wildcards.get("ablation"),
+    }
+
+
+def run_config_hash(wildcards):
+    """Hash of everything that shapes one run's numbers (its run config, bookkeeping left out)."""
+    cfg = cached_run_config(**run_settings(wildcards))
+    return stable_hash({key: value for key, value in cfg.items() if key not in BOOKKEEPING_KEYS})
+
+
+def run_dir(wildcards):
+    """The run folder of the job: runs/<protocol>/<method>/seed<seed> or ablations/<ablation>/seed<seed>."""
+    pattern = ABLATION_DIR if "ablation" in wildcards.keys() else RUN_DIR
+    return pattern.format(**dict(wildcards.items()))
+
+
+def feature_files(wildcards):
+    """The cached features of every split the run reads ([] for a method without a cache)."""
+    key = feature_key_of(run_settings(wildcards))
+    return expand(FEATURE_FILE, feature_key=key, split=SPLITS) if key else []
+
+
+def train_inputs(wildcards):
+    """What a run reads: the validated manifest, the backbones and its cached features."""
+    return {"manifest": MANIFEST, "validation": VALIDATION, "backbones": list(BACKBONE_DIRS.values()),
+            "features": feature_files(wildcards)}
+
+
+def evaluate_inputs(wildcards):
+    """The trained run (its metadata.json is written last) and the features it scores."""
+    return {"metadata": os.path.join(run_dir(wildcards), "metadata.json"), "features": feature_files(wildcards)}
+
+
+def eval_outputs(run_pattern):
+    """scores.csv + metrics.json of every evaluated split below a run folder pattern."""
+    return {
+        f"{split}_{name.split('.')[0]}": os.path.join(run_pattern, "eval", split, name)
+        for split in EVAL_SPLITS
+        for name in ("scores.csv", "metrics.json")
+    }
+
+
+def log_path(rule_name, *parts):
+    """One log file per job below results/logs/<rule>/."""
+    return os.path.join(LOGS, rule_name, *parts) + ".log"
+
+
+def all_eval_metrics():
+    """Every metrics.json the paper reads: methods x seeds x protocols and ablations x seeds."""
+    return [
+        os.path.join((ABLATION_DIR if s["ablation"] else RUN_DIR).format(**s), "eval", split, "metrics.json")
+        for s in all_run_settings()
+        for split in EVAL_SPLITS
+    ]
+
+
+def reported(paths, suffix, caption, category):
+    """Outputs with the files ending in ``suffix`` wrapped for the Snakemake report (the rest plain);
+    ``caption`` may name the file's stem as ``{name}`` (one caption file per table or figure)."""
+    return [
+        report(path, caption=caption.format(name=os.path.basename(path)[: -len(suffix)]), category=category)
+        if path.endswith(suffix)
+        else path
+        for path in paths
+    ]
+
+
+TABLE_FILES = [os.path.join(PAPER_DIR, paper_outputs.TABLES_DIR, name) for name in paper_outputs.TABLES]
+FIGURE_FILES = [os.path.join(PAPER_DIR, paper_outputs.FIGURES_DIR, name) for name in paper_outputs.FIGURES]
+PAPER_FILES = [os.path.join(PAPER_DIR, name) for name in paper_outputs.PAPER_OUTPUTS]
