@@ -12,4 +12,5 @@ def job(cfg, snakemake):
     write_dataset_card(snakemake.input.manifest, cfg["data"]["root"], out_dir, cfg["preprocess"])
 
 
-run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)
+if __name__ == "__main__":  # not in worker processes that re-import this file (multiprocessing spawn)
+    run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)

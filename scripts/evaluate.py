@@ -13,4 +13,5 @@ def job(cfg, snakemake):
         evaluate_run(run_dir, split, run_dir / "eval" / split)
 
 
-run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)
+if __name__ == "__main__":  # not in worker processes that re-import this file (multiprocessing spawn)
+    run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)

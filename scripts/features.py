@@ -13,4 +13,5 @@ def job(cfg, snakemake):
     build_feature_cache(source_cfg, snakemake.wildcards.split, snakemake.output.features)
 
 
-run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)
+if __name__ == "__main__":  # not in worker processes that re-import this file (multiprocessing spawn)
+    run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)

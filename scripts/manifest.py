@@ -10,4 +10,5 @@ def job(cfg, snakemake):
     build_manifest(data["root"], snakemake.output[0], data["paper_manifest"], data["split_seed"], data["exclude_runs"])
 
 
-run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)
+if __name__ == "__main__":  # not in worker processes that re-import this file (multiprocessing spawn)
+    run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)

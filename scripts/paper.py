@@ -11,4 +11,5 @@ def job(cfg, snakemake):
     render_paper(cfg, Path(snakemake.input.source).parent, cfg["results"], Path(snakemake.output[0]).parent)
 
 
-run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)
+if __name__ == "__main__":  # not in worker processes that re-import this file (multiprocessing spawn)
+    run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)

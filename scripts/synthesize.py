@@ -10,4 +10,5 @@ def job(cfg, snakemake):
     generate_from_config(cfg, snakemake.output[0], overwrite=True)
 
 
-run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)
+if __name__ == "__main__":  # not in worker processes that re-import this file (multiprocessing spawn)
+    run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)

@@ -12,4 +12,5 @@ def job(cfg, snakemake):
                          mel_bins=sizes["audio_mel_bins"], audio_frames=sizes["audio_frames"])
 
 
-run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)
+if __name__ == "__main__":  # not in worker processes that re-import this file (multiprocessing spawn)
+    run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)

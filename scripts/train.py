@@ -20,4 +20,5 @@ def job(cfg, snakemake):
     train_run(run_cfg, run_dir, resume=resume, feature_dir=feature_dir)
 
 
-run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)
+if __name__ == "__main__":  # not in worker processes that re-import this file (multiprocessing spawn)
+    run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)

@@ -10,4 +10,5 @@ def job(cfg, snakemake):
                   cfg["data"]["allow_missing_images"])
 
 
-run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)
+if __name__ == "__main__":  # not in worker processes that re-import this file (multiprocessing spawn)
+    run_job(snakemake, job)  # noqa: F821 (injected by Snakemake)

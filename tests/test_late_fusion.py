@@ -50,7 +50,8 @@ def test_moving_average_max_is_the_mean_for_short_clips_and_the_peak_window_othe
 
 
 def test_zscore_fusion_on_hand_numbers():
-    stats = {"audio": zscore_stats(np.array([1.0, 3.0]), "audio"), "video": zscore_stats(np.array([10.0, 30.0]), "video")}
+    stats = {"audio": zscore_stats(np.array([1.0, 3.0]), "audio"),
+             "video": zscore_stats(np.array([10.0, 30.0]), "video")}
     assert stats["audio"] == {"mean": 2.0, "std": 1.0} and stats["video"] == {"mean": 20.0, "std": 10.0}
     fused = fuse_scores(np.array([4.0, 2.0]), np.array([20.0, 40.0]), stats, 0.37, 0.63)
     assert np.allclose(fused, [0.37 * 2.0 + 0.63 * 0.0, 0.37 * 0.0 + 0.63 * 2.0])
@@ -90,28 +91,36 @@ def late_fusion_run(tiny_config, tmp_path):
     return make, tmp_path / "run"
 
 
-def test_fit_and_score_on_the_tiny_synthetic_set(late_fusion_run):
+def test_train_and_evaluate_on_the_tiny_synthetic_set(late_fusion_run):
+    import pandas as pd
+
     from weldfilm.baselines.late_fusion import LateFusionMethod
+    from weldfilm.evaluation import SCORE_COLUMNS, evaluate_run
     from weldfilm.io import read_json
+    from weldfilm.runner import train_run
 
     make, run_dir = late_fusion_run
-    method = LateFusionMethod(make(), run_dir, torch.device("cpu"))
-    described = method.describe()
-    assert described["selection_split"] == "val" and set(described["modalities"]) == {"audio", "video"}
-    assert described["input_resolution"]["audio"]["bins"] == 33 and described["augmentation"] is False
-    summary = method.fit()
+    metadata = train_run(make(), run_dir)  # the shared runner: builds the method, fits, writes metadata.json
+    described = metadata["describe"]
+    assert metadata["selection_split"] == described["selection_split"] == "val"
+    assert set(described["modalities"]) == {"audio", "video"} and described["augmentation"] is False
+    assert described["input_resolution"]["audio"]["bins"] == 33
     for branch in ("audio", "video"):
         assert (run_dir / "checkpoints" / f"{branch}_best.pt").is_file()
-        assert summary["submodels"][branch]["selection"] == "val_auroc"
+        assert metadata["fit"]["submodels"][branch]["selection"] == "val_auroc"
     fusion = read_json(run_dir / "fusion.json")
     assert fusion["weights_from"] == "config" and (fusion["w_audio"], fusion["w_video"]) == (0.37, 0.63)
 
-    fresh = LateFusionMethod(make(), run_dir, torch.device("cpu"))  # scores from the saved checkpoints
+    metrics = evaluate_run(run_dir, "test", run_dir / "eval" / "test")
+    table = pd.read_csv(run_dir / "eval" / "test" / "scores.csv")
+    assert list(table.columns) == SCORE_COLUMNS and np.isfinite(table["score"]).all()
+    assert table["score"].nunique() > 1 and 0.0 <= metrics["i_auroc"] <= 1.0
+
+    fresh = LateFusionMethod(make(), run_dir, torch.device("cpu"))  # fused = 0.37 z(audio) + 0.63 z(video)
     frame = fresh.score("test")
-    assert frame["sample_id"].tolist() == fresh.dataset("test").sample_ids
-    assert np.isfinite(frame["score"]).all() and frame["score"].nunique() > 1
+    assert frame["sample_id"].tolist() == table["sample_id"].tolist()
     expected = fuse_scores(frame["audio_score"], frame["video_score"], fusion["stats"], 0.37, 0.63)
-    assert np.allclose(frame["score"], expected)
+    assert np.allclose(frame["score"], expected) and np.allclose(frame["score"], table["score"])
     train = fresh.score("train")  # z-scores use TRAIN statistics: the train split is standardised
     assert abs(train["score"].mean()) < 1e-6
 

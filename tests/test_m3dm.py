@@ -10,7 +10,7 @@ from weldfilm.baselines.m3dm_bank import DecisionFuser, PatchBank, distance_maps
 from weldfilm.baselines.m3dm_coreset import coreset_indices, farthest_point_sample, greedy_farthest_selection
 from weldfilm.baselines.m3dm_point import (PointTransformer, features_on_patch_grid, knn_group,
                                            load_point_mae_checkpoint, pseudo_point_cloud)
-from weldfilm.errors import BackboneError
+from weldfilm.errors import BackboneError, ConfigError
 
 
 def test_greedy_selection_picks_the_farthest_points_of_a_hand_case():
@@ -162,6 +162,7 @@ def m3dm_run(tiny_config, tmp_path):
     build_manifest(tiny_config["data"]["root"], Path(tiny_config["results"]) / "data" / "manifest.csv")
     write_tiny_backbones(tiny_config["backbones"]["dir"], seed=0)
     cfg = run_config(tiny_config, "m3dm", seed=0)
+    cfg["evaluation"]["bootstrap"] = 10
     cfg["m3dm"].update(image_size=64, cloud_size=32, point_trans_dim=16, point_depth=2, point_heads=2,
                        point_group_size=8, point_num_groups=16, point_taps=[0, 1], f_coreset=0.25,
                        map_size=16, blur_sigma=1.0)
@@ -218,3 +219,23 @@ def test_leave_one_run_out_hides_the_runs_own_bank_entries(m3dm_run):
     assert torch.allclose(in_sample_distances, torch.zeros_like(in_sample_distances), atol=1e-2)
     assert np.allclose(in_sample_scores, 0, atol=1e-2)  # the authors' in-sample fit sees zero distances
     assert (left_out_distances.sum(dim=1) > 0).all() and (left_out_scores > 0).all()
+
+
+def test_feature_extractor_aligns_rgb_and_point_patches_and_optional_final_norm():
+    from transformers import ViTConfig, ViTModel
+
+    from weldfilm.baselines.m3dm import M3DMFeatures
+
+    torch.manual_seed(0)
+    vit = ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                             image_size=32, patch_size=8)).eval()
+    point = PointTransformer(trans_dim=8, depth=1, num_heads=2, group_size=4, num_groups=6, taps=(0,))
+    images = torch.rand(2, 3, 48, 48)  # resized to image_size 32 -> 4 x 4 patches
+    clouds = torch.stack([pseudo_point_cloud(np.random.default_rng(i).random((10, 6)), 16) for i in range(2)])
+    normed = M3DMFeatures(vit, point, image_size=32, rgb_final_norm=True)
+    rgb, point_patches = normed(images, clouds)
+    assert rgb.shape == (2, 16, 16) and point_patches.shape == (2, 16, 8) and normed.grid == (4, 4)
+    raw, _ = M3DMFeatures(vit, point, image_size=32, rgb_final_norm=False)(images, clouds)
+    assert torch.allclose(vit.layernorm(raw), rgb, atol=1e-5) and not torch.allclose(raw, rgb)
+    with pytest.raises(ConfigError, match="multiple of the RGB patch size"):
+        M3DMFeatures(vit, point, image_size=30)

@@ -31,10 +31,10 @@ SLURM_DIR = Path(os.environ.get("WELDFILM_SLURM_DIR", "/tmp/weldfilm-slurm"))
 SLURM_PROFILE = REPO_ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
 LOCAL_RULES = {"all", "manifest", "dataset_card", "tables", "figures", "paper"}
 GPU_RULES = {"features", "train", "evaluate", "train_ablation", "evaluate_ablation"}
-# the default workflow at tiny sizes: every rule, two seeds, two ablations, two epochs
-SMALL_RUN = {"merge": {**TINY_DATA, "seeds": [0, 1], "train": {"epochs": 2}},
-             "replace": {"ablations": {"no_film": {"causal_film.use_film": False},
-                                       "gru_sensor": {"causal_film.sensor_encoder": "gru"}}}}
+# the default workflow at tiny sizes: every rule (both protocols, an ablation), two methods, one seed
+SMALL_RUN = {"merge": {**TINY_DATA, "train": {"epochs": 2}},
+             "replace": {"seeds": [0], "methods": ["causal_film", "late_fusion"],
+                         "ablations": {"no_film": {"causal_film.use_film": False}}}}
 
 
 def skip_reason() -> str | None:

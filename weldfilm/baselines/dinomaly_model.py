@@ -132,7 +132,7 @@ def global_cosine_hard_mining(encoder_maps: Sequence[torch.Tensor], decoder_maps
 
 def anomaly_map(encoder_maps: Sequence[torch.Tensor], decoder_maps: Sequence[torch.Tensor], size: int,
                 sigma: float) -> torch.Tensor:
-    """``1 - cos`` per patch for each group, bilinearly upsampled to ``size``, averaged, blurred -> ``(B, 1, size, size)``."""
+    """``1 - cos`` per patch and group, bilinearly upsampled to ``size``, averaged, blurred: ``(B, 1, size, size)``."""
     maps = [F.interpolate(1 - F.cosine_similarity(e, d, dim=1).unsqueeze(1), size=(size, size), mode="bilinear",
                           align_corners=False) for e, d in zip(encoder_maps, decoder_maps, strict=True)]
     return gaussian_blur(torch.stack(maps).mean(dim=0), sigma)
@@ -165,11 +165,14 @@ class DinomalyHead(nn.Module):
         self.layer_groups = [list(map(int, group)) for group in layer_groups]
         layers = sorted({layer for group in self.layer_groups for layer in group})
         if not layers or layers[0] < 0 or layers[-1] >= config.num_hidden_layers:
-            raise ConfigError(f"Dinomaly layer groups {self.layer_groups} must index blocks 0..{config.num_hidden_layers - 1}")
+            raise ConfigError(f"dinomaly.layer_groups {self.layer_groups} must index encoder blocks "
+                              f"0..{config.num_hidden_layers - 1}")
         if decoder_depth % len(self.layer_groups):
-            raise ConfigError(f"Dinomaly decoder depth {decoder_depth} must be a multiple of {len(self.layer_groups)} groups")
+            raise ConfigError(f"dinomaly.decoder_depth {decoder_depth} must be a multiple of the "
+                              f"{len(self.layer_groups)} layer groups")
         if crop_size % config.patch_size:
-            raise ConfigError(f"Dinomaly crop size {crop_size} must be a multiple of the encoder patch size {config.patch_size}")
+            raise ConfigError(f"dinomaly.crop_size {crop_size} must be a multiple of the encoder patch size "
+                              f"{config.patch_size}")
         encoder.encoder.layer = encoder.encoder.layer[: layers[-1] + 1]  # later blocks are never used
         encoder.requires_grad_(False)
         self.encoder = encoder.eval()
@@ -194,19 +197,21 @@ class DinomalyHead(nn.Module):
 
     def images_of(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Real images of a run batch, cropped and normalised ``(M, 3, c, c)``, and each image's run index ``(M,)``."""
-        images, counts = batch["post_weld_images"], torch.as_tensor(batch["num_images"])
+        images = batch["post_weld_images"]
+        counts = torch.as_tensor(batch["num_images"], device=images.device)
         if (counts < 1).any():
             missing = [sid for sid, n in zip(batch["sample_id"], counts.tolist()) if n < 1]
             raise DataError(f"Dinomaly: runs without post-weld images cannot be scored: {missing}")
-        valid = torch.arange(images.shape[1]).unsqueeze(0) < counts.unsqueeze(1)  # (B, N)
-        run_index = torch.arange(images.shape[0]).unsqueeze(1).expand_as(valid)[valid]
-        flat = images[valid.to(images.device)]
-        top = (flat.shape[-2] - self.crop_size) // 2
-        left = (flat.shape[-1] - self.crop_size) // 2
+        slots = torch.arange(images.shape[1], device=images.device)
+        valid = slots.unsqueeze(0) < counts.unsqueeze(1)  # (B, N)
+        run_index = torch.arange(images.shape[0], device=images.device).unsqueeze(1).expand_as(valid)[valid]
+        flat = images[valid]
+        top, left = (flat.shape[-2] - self.crop_size) // 2, (flat.shape[-1] - self.crop_size) // 2
         if top < 0 or left < 0:
-            raise ConfigError(f"Dinomaly: images of size {tuple(flat.shape[-2:])} are smaller than the crop {self.crop_size}")
+            raise ConfigError(f"Dinomaly: images of size {tuple(flat.shape[-2:])} are smaller than "
+                              f"dinomaly.crop_size {self.crop_size}; raise dinomaly.resize")
         crop = flat[..., top: top + self.crop_size, left: left + self.crop_size]
-        return (crop - self.mean) / self.std, run_index.to(images.device)
+        return (crop - self.mean) / self.std, run_index
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Normalised images -> (encoder maps, decoder maps), one ``(M, dim, h, w)`` map per group."""

@@ -35,7 +35,7 @@ from weldfilm.data.layout import run_ref
 from weldfilm.data.readers import read_sensor_table
 from weldfilm.errors import BackboneError, CheckpointError, ConfigError, data_error
 from weldfilm.io import atomic_path, read_json, write_json
-from weldfilm.methods import Method, scores_frame
+from weldfilm.methods import Method, normal_only_indices, scores_frame
 
 METHOD_NAME = "DINO+Point_MAE"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,10 +46,16 @@ MODALITY_KEYS = ("point", "rgb")  # the order of the fusion features, as in M3DM
 
 
 class M3DMFeatures(nn.Module):
-    """Frozen RGB ViT + point transformer -> patch features of both modalities on the ViT patch grid."""
+    """Frozen RGB ViT + point transformer -> patch features of both modalities on the ViT patch grid.
 
-    def __init__(self, rgb_backbone: nn.Module, point_model: PointTransformer, image_size: int):
+    ``rgb_final_norm``: patch tokens after the ViT's final LayerNorm (M3DM) or the last block's
+    output before it.
+    """
+
+    def __init__(self, rgb_backbone: nn.Module, point_model: PointTransformer, image_size: int,
+                 rgb_final_norm: bool = True):
         super().__init__()
+        self.rgb_final_norm = rgb_final_norm
         self.rgb_backbone, self.point_model = rgb_backbone.eval(), point_model.eval()
         patch = int(rgb_backbone.config.patch_size)
         if image_size % patch:
@@ -67,8 +73,9 @@ class M3DMFeatures(nn.Module):
         if images.shape[-2:] != (self.image_size, self.image_size):
             images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
                                    align_corners=False)
-        tokens = self.rgb_backbone(pixel_values=(images - self.mean) / self.std,
-                                   interpolate_pos_encoding=self.interpolate_pos).last_hidden_state
+        out = self.rgb_backbone(pixel_values=(images - self.mean) / self.std,
+                                interpolate_pos_encoding=self.interpolate_pos, output_hidden_states=not self.rgb_final_norm)
+        tokens = out.last_hidden_state if self.rgb_final_norm else out.hidden_states[-1]
         rgb = tokens[:, 1:]  # drop CLS
         if rgb.shape[1] != self.grid[0] * self.grid[1]:
             raise BackboneError(f"RGB backbone gave {rgb.shape[1]} patch tokens, expected {self.grid} (CLS + patches)")
@@ -126,6 +133,7 @@ class M3DMMethod(Method):
                 "fused score = SGDOneClassSVM.score_samples over [point, rgb] scores, as M3DM's two-bank code",
                 f"fusers fitted on TRAIN scores: {p['fusion_fit_scores']}",
                 "pixel metrics are proxies: the welding data has no masks",
+                "RGB patch tokens " + ("after" if p["rgb_final_norm"] else "before") + " the ViT's final LayerNorm",
             ],
         })
         return out
@@ -143,21 +151,26 @@ class M3DMMethod(Method):
             from weldfilm.models.backbones import load_pretrained
 
             p = self.params
-            torch.manual_seed(self.seed)
-            point = PointTransformer(p["point_trans_dim"], p["point_depth"], p["point_heads"],
-                                     p["point_group_size"], p["point_num_groups"], tuple(p["point_taps"]))
+            with torch.random.fork_rng(devices=[]):  # seed the random init without touching the global RNG
+                torch.manual_seed(self.seed)
+                point = PointTransformer(p["point_trans_dim"], p["point_depth"], p["point_heads"],
+                                         p["point_group_size"], p["point_num_groups"], tuple(p["point_taps"]))
             if p["point_mae_checkpoint"]:
                 self.notes.append(str(load_point_mae_checkpoint(point, p["point_mae_checkpoint"])))
             rgb = load_pretrained(self.cfg["backbones"]["m3dm_rgb"], ViTModel)
-            self._extractor = M3DMFeatures(rgb, point, p["image_size"]).to(self.device)
+            self._extractor = M3DMFeatures(rgb, point, p["image_size"], p["rgb_final_norm"]).to(self.device)
         return self._extractor
 
     def _batches(self, split: str, limit: int | None = None):
-        """Yield ``(sample_ids, rgb (B,P,C), point (B,P,C))`` for a split, in manifest order."""
+        """Yield ``(sample_ids, rgb (B,P,C), point (B,P,C))`` for a split, in manifest order.
+
+        TRAIN keeps its normal runs only (spec 8.3), the first ``limit`` of them.
+        """
         dataset = self.dataset(split, modalities=("post_weld_images",), num_angles=1,
                                image_size=self.params["image_size"])
-        if limit is not None and limit < len(dataset):
-            dataset = torch.utils.data.Subset(dataset, range(limit))
+        if split.lower() == "train":
+            keep = normal_only_indices(dataset.labels, dataset.sample_ids)
+            dataset = torch.utils.data.Subset(dataset, keep[:limit] if limit is not None else keep)
         extractor = self.extractor()
         for batch in self.loader(dataset, train=False, batch_size=self.params["batch_size"]):
             ids = batch["sample_id"]
@@ -210,7 +223,7 @@ class M3DMMethod(Method):
             rgb.append(batch_rgb)
             point.append(batch_point)
         if len(ids) < 2:
-            raise ConfigError(f"M3DM needs at least 2 good TRAIN runs, found {len(ids)}")
+            raise ConfigError(f"M3DM needs at least 2 good TRAIN runs in the manifest, found {len(ids)}")
         patches = {"rgb": torch.cat(rgb), "point": torch.cat(point)}
         per_sample = patches["rgb"].shape[1]
         sources = torch.arange(len(ids)).repeat_interleave(per_sample)

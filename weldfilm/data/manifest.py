@@ -57,17 +57,39 @@ def configuration_fields(configuration: str) -> dict[str, str]:
     return fields
 
 
+def _by_configuration(subdirs: list[str], rng: np.random.Generator) -> list[list[str]]:
+    """The runs grouped by configuration folder (groups sorted by name), each group shuffled."""
+    groups: dict[str, list[str]] = {}
+    for subdir in subdirs:
+        groups.setdefault(str(Path(subdir).parent), []).append(subdir)
+    return [[groups[name][i] for i in rng.permutation(len(groups[name]))] for name in sorted(groups)]
+
+
+def _round_robin(groups: list[list[str]]) -> list[str]:
+    """Interleave groups (a[0], b[0], c[0], a[1], ...) so that any prefix samples every group evenly."""
+    longest = max((len(g) for g in groups), default=0)
+    return [g[i] for i in range(longest) for g in groups if i < len(g)]
+
+
 def scan_split(runs: list[RunRef], seed: int) -> dict[str, str]:
-    """SUBDIRS -> split: seeded, TRAIN = ~70 % of good runs, the rest alternating VAL/TEST per class."""
+    """SUBDIRS -> split: seeded, TRAIN = ~70 % of good runs, the rest alternating VAL/TEST.
+
+    Stratified by class and, within a class, by configuration folder: TRAIN takes ~70 % of the good
+    runs of every good configuration, and VAL/TEST alternate inside each configuration, so that no
+    configuration (plate, lighting, process preset) lands mostly in one split.
+    """
     rng = np.random.default_rng(seed)
     by_class: dict[int, list[str]] = {}
     for run in sorted(runs, key=lambda r: r.subdir):
         by_class.setdefault(run.class_code, []).append(run.subdir)
-    shuffled = {code: [subdirs[i] for i in rng.permutation(len(subdirs))] for code, subdirs in sorted(by_class.items())}
-    good = shuffled.pop(0, [])
+    grouped = {code: _by_configuration(subdirs, rng) for code, subdirs in sorted(by_class.items())}
+    good = _round_robin(grouped.pop(0, []))
     n_train = int(round(TRAIN_GOOD_FRACTION * len(good)))
     split = {subdir: "TRAIN" for subdir in good[:n_train]}
-    rest = good[n_train:] + [subdir for code in sorted(shuffled) for subdir in shuffled[code]]
+    rest_good = set(good[n_train:])
+    rest_groups = _by_configuration(sorted(rest_good), rng)
+    rest_groups += [group for code in sorted(grouped) for group in grouped[code]]
+    rest = [subdir for group in rest_groups for subdir in group]
     for position, subdir in enumerate(rest):
         split[subdir] = "VAL" if position % 2 == 0 else "TEST"
     return split

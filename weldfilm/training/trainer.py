@@ -175,6 +175,8 @@ class Trainer:
                 return self._result(selection, tracker, ckpt["epoch"] + 1, ckpt.get("stopped_early", False),
                                     resumed_from, notes)
         else:
+            if resume:
+                notes.append(f"resume requested but {self.last_path.name} does not exist: trained from scratch")
             self._truncate_log(keep_through_epoch=-1)
         stopped_early, epoch = False, start_epoch - 1
         patience = int(self.cfg.get("early_stopping_patience", 0))

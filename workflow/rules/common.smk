@@ -168,12 +168,11 @@ def all_eval_metrics():
 def reported(paths, suffix, caption, category):
     """Outputs with the files ending in ``suffix`` wrapped for the Snakemake report (the rest plain);
     ``caption`` may name the file's stem as ``{name}`` (one caption file per table or figure)."""
-    return [
-        report(path, caption=caption.format(name=os.path.basename(path)[: -len(suffix)]), category=category)
-        if path.endswith(suffix)
-        else path
-        for path in paths
-    ]
+
+    def wrap(path):  # (a line may not start with `report(` in a .smk file: it reads as the keyword)
+        return report(path, caption=caption.format(name=Path(path).name[: -len(suffix)]), category=category)
+
+    return [wrap(path) if path.endswith(suffix) else path for path in paths]
 
 
 TABLE_FILES = [os.path.join(PAPER_DIR, paper_outputs.TABLES_DIR, name) for name in paper_outputs.TABLES]
