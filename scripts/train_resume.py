@@ -1,7 +1,7 @@
 """When a training job may resume from its run folder's ``checkpoints/last.pt``.
 
-Snakemake re-runs a killed job (``--rerun-incomplete``) but keeps ``checkpoints/last.pt`` (not a
-declared output), so training continues where it stopped. ``resume_key.json`` records which run
+Snakemake re-runs a killed job (``--rerun-incomplete``) but keeps ``checkpoints/*last.pt`` (not
+declared outputs; late fusion keeps one per branch), so training continues where it stopped. ``resume_key.json`` records which run
 config those checkpoints belong to: after a config change the old checkpoints are moved aside to
 ``checkpoints.stale/`` (said in the log) and training starts from scratch.
 """
@@ -15,13 +15,12 @@ RESUME_KEY = "resume_key.json"
 
 
 def resume_allowed(run_dir: Path, config_hash: str) -> bool:
-    """True when ``last.pt`` exists and was written for this exact run config; records the config."""
+    """True when a ``*last.pt`` exists and was written for this exact run config; records the config."""
     from weldfilm.io import read_json, write_json
 
     run_dir = Path(run_dir)
     checkpoints = run_dir / "checkpoints"
     key_file = run_dir / RESUME_KEY
-    last = checkpoints / "last.pt"
     same_config = key_file.is_file() and read_json(key_file, "resume key").get("config_hash") == config_hash
     if checkpoints.is_dir() and not same_config:
         stale = run_dir / "checkpoints.stale"
@@ -29,4 +28,4 @@ def resume_allowed(run_dir: Path, config_hash: str) -> bool:
         checkpoints.rename(stale)
         print(f"checkpoints of another run config moved to {stale}; training from scratch")
     write_json(key_file, {"config_hash": config_hash})
-    return last.is_file() and same_config
+    return same_config and any(checkpoints.glob("*last.pt"))

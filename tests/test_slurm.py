@@ -56,9 +56,9 @@ def slurm_env():
         started = subprocess.run(["timeout", "-k", "10", "600", str(SLURM_SCRIPTS / "start-slurm.sh")], env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if started.returncode == 3:
-            pytest.skip(f"apt could not install SLURM here: {started.stdout.strip()[-500:]}")
+            pytest.skip(f"no test cluster possible here: {started.stdout.strip()[-500:]}")
         assert started.returncode == 0, started.stdout
-        yield {**env, "SLURM_CONF": str(SLURM_DIR / "etc" / "slurm.conf")}
+        yield env
     finally:
         subprocess.run(["timeout", "-k", "10", "120", str(SLURM_SCRIPTS / "stop-slurm.sh")], env=env)
 

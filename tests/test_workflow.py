@@ -116,6 +116,9 @@ def test_resume_only_with_checkpoints_of_the_same_config(tmp_path):
     assert not train_resume.resume_allowed(run_dir, "bbb")  # config changed: start afresh
     assert (run_dir / "checkpoints.stale" / "last.pt").is_file()
     assert not (run_dir / "checkpoints").exists()
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "audio_last.pt").write_bytes(b"x")  # late fusion: one per branch
+    assert train_resume.resume_allowed(run_dir, "bbb")
 
 
 def test_data_part_end_to_end(tmp_path):

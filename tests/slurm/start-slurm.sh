@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Start a throw-away single-node SLURM cluster for tests/test_slurm.py (Debian 12, root, no systemd).
 #
-# Everything lives below $WELDFILM_SLURM_DIR (default /tmp/weldfilm-slurm): slurm.conf, gres.conf,
-# munge key and socket, state, spool, logs and the daemons' PID files. Nothing under /etc is
-# written, so clients must see the same SLURM_CONF: source "$WELDFILM_SLURM_DIR/env.sh".
+# State, spool, logs, the munge key and socket and the daemons' PID files live below
+# $WELDFILM_SLURM_DIR (default /tmp/weldfilm-slurm). slurm.conf and gres.conf must be in /etc/slurm:
+# Snakemake's SLURM plugin clears SLURM_* variables (SLURM_CONF too) inside jobs, so the srun it
+# calls there only finds the default path. A slurm.conf there that this script did not write is
+# never touched (exit 3: no test cluster on a machine that has a real one).
 # Installs munge, slurmctld, slurmd, slurm-client with apt when missing (exit 3 if that fails).
 # One node "localhost", one partition "debug", $WELDFILM_SLURM_GPUS fake GPUs (1 or 2) backed by
 # /dev/null and /dev/zero: jobs that ask --gpus get CUDA_VISIBLE_DEVICES but no device.
@@ -14,6 +16,8 @@ BASE=${WELDFILM_SLURM_DIR:-/tmp/weldfilm-slurm}
 NGPUS=${WELDFILM_SLURM_GPUS:-2}
 NODE=localhost
 HERE=$(cd "$(dirname "$0")" && pwd)
+CONF_DIR=/etc/slurm
+MARKER="# throw-away test cluster written by tests/slurm/start-slurm.sh"
 started=$(date +%s)
 
 say() { echo "start-slurm: $*" >&2; }
@@ -32,12 +36,17 @@ if ((${#missing[@]})); then
   fi
 fi
 
+if [ -e "$CONF_DIR/slurm.conf" ] && [ "$(head -n 1 "$CONF_DIR/slurm.conf")" != "$MARKER" ]; then
+  say "$CONF_DIR/slurm.conf exists and is not ours: this machine has a SLURM setup, leaving it alone"
+  exit 3
+fi
+
 # 2. a clean start: stop what an earlier run left, then fresh state
 if compgen -G "$BASE/pids/*.pid" >/dev/null; then
   "$HERE/stop-slurm.sh" || true
 fi
-rm -rf "$BASE"/{etc,state,spool,log,munge}   # only what this script creates, never $BASE itself
-mkdir -p "$BASE"/{etc,state,spool,log,pids,munge}
+rm -rf "$BASE"/{state,spool,log,munge}   # only what this script creates, never $BASE itself
+mkdir -p "$BASE"/{state,spool,log,pids,munge} "$CONF_DIR"
 chmod 0700 "$BASE/munge"
 
 # 3. munged with its own key and socket (root needs --force; the key never leaves $BASE)
@@ -54,8 +63,8 @@ CPUS=$(nproc)
 MEM_MB=$(awk '/MemAvailable/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
 GPU_FILES=/dev/null
 [ "$NGPUS" -ge 2 ] && { NGPUS=2; GPU_FILES=/dev/null,/dev/zero; }
-cat >"$BASE/etc/slurm.conf" <<EOF
-# throw-away test cluster written by tests/slurm/start-slurm.sh
+cat >"$CONF_DIR/slurm.conf" <<EOF
+$MARKER
 ClusterName=weldfilm-test
 SlurmctldHost=$NODE
 SlurmUser=root
@@ -88,14 +97,11 @@ NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB Gres=gpu:$NGPUS 
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 # a gpu gres without File= drains the node: any existing file stands in for a device
-cat >"$BASE/etc/gres.conf" <<EOF
+cat >"$CONF_DIR/gres.conf" <<EOF
+$MARKER
 AutoDetect=off
 NodeName=$NODE Name=gpu File=$GPU_FILES
 EOF
-cat >"$BASE/env.sh" <<EOF
-export SLURM_CONF=$BASE/etc/slurm.conf
-EOF
-export SLURM_CONF=$BASE/etc/slurm.conf
 
 # 5. daemons (they daemonize and write their PID files into $BASE/pids)
 /usr/sbin/slurmctld
@@ -115,4 +121,4 @@ if [ "$state" != idle ]; then
   exit 1
 fi
 timeout -k 5 60 srun -t 1 --gpus=1 true
-say "node $NODE idle ($CPUS CPUs, $MEM_MB MB, gpu:$NGPUS) in $(($(date +%s) - started)) s; source $BASE/env.sh"
+say "node $NODE idle ($CPUS CPUs, $MEM_MB MB, gpu:$NGPUS) in $(($(date +%s) - started)) s"

@@ -4,9 +4,8 @@
 set -uo pipefail
 
 BASE=${WELDFILM_SLURM_DIR:-/tmp/weldfilm-slurm}
-export SLURM_CONF=$BASE/etc/slurm.conf
 
-if [ -s "$BASE/pids/slurmctld.pid" ] && [ -f "$SLURM_CONF" ]; then
+if [ -s "$BASE/pids/slurmctld.pid" ]; then
   jobs=$(timeout -k 2 10 squeue -h -o %i 2>/dev/null || true)
   [ -n "$jobs" ] && timeout -k 2 10 scancel $jobs 2>/dev/null
 fi

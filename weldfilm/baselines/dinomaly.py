@@ -3,8 +3,9 @@
 Image-only: every post-weld photo of a good TRAIN run is a training sample (resize -> centre crop ->
 ImageNet normalisation), reconstructed through a frozen DINOv2-with-registers encoder, a noisy
 bottleneck and a linear-attention decoder. Fitted by the shared ``Trainer`` with StableAdamW, a
-per-iteration warm-up + cosine schedule and gradient clipping. A run's score is the max over its
-images of the max (or top-ratio mean) of the blurred ``1 - cos`` map.
+per-iteration warm-up + cosine schedule and gradient clipping. A run's score is the max or mean
+(``dinomaly.run_aggregation``) over its images of the max (or top-ratio mean) of the blurred
+``1 - cos`` map.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class DinomalyTrainable(DinomalyHead):
         super().__init__(encoder, groups, section["decoder_depth"], section["crop_size"], section["dropout"],
                          section["bottleneck_ratio"], section["map_size"], section["blur_sigma"],
                          section["score_top_ratio"], section["hard_ratio"], section["hard_ramp_iters"],
-                         section["easy_factor"])
+                         section["easy_factor"], section["run_aggregation"])
         self.section = section
 
     def configure_optimizer(self, train_cfg: dict, steps_per_epoch: int):
@@ -88,10 +89,10 @@ class DinomalyMethod(Method):
 
     def describe(self) -> dict:
         s = self.section
+        image_score = "the max pixel" if s["score_top_ratio"] <= 0 else f"the top-{s['score_top_ratio']:g} pixel mean"
         return {**super().describe(), "selection_split": self.selection,
                 "training_samples": "every post-weld image of a good TRAIN run",
-                "run_score": "max over the run's images of " + ("the max pixel" if s["score_top_ratio"] <= 0 else
-                                                               f"the top-{s['score_top_ratio']:g} pixel mean")}
+                "run_score": f"{s['run_aggregation']} over the run's images of {image_score}"}
 
     def fit(self, resume: bool = False) -> dict:
         head = self._head()

@@ -2,7 +2,8 @@
 
 Frozen DINOv2-with-registers encoder -> middle blocks fused into groups -> noisy bottleneck MLP ->
 decoder of linear-attention blocks -> reconstruct each group's encoder features. Training loss =
-global cosine distance per group with hard mining; anomaly map = 1 - cosine per patch.
+global cosine distance per group with hard mining; anomaly map = 1 - cosine per patch; image score =
+max pixel; run score = max or mean over the run's images (the authors scored single images).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from torch import nn
 from weldfilm.baselines.m3dm_bank import gaussian_blur  # separable, radius 3 sigma, reflect padding
 from weldfilm.errors import ConfigError, DataError
 from weldfilm.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+
+
+RUN_AGGREGATIONS = {"max": "amax", "mean": "mean"}  # config name -> scatter_reduce reduction over a run's images
 
 
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -159,8 +163,11 @@ class DinomalyHead(nn.Module):
     def __init__(self, encoder: nn.Module, layer_groups: Sequence[Sequence[int]], decoder_depth: int,
                  crop_size: int, dropout: float = 0.2, bottleneck_ratio: float = 4.0, map_size: int = 256,
                  blur_sigma: float = 4.0, score_top_ratio: float = 0.0, hard_ratio: float = 0.9,
-                 hard_ramp_steps: int = 1000, easy_factor: float = 0.1):
+                 hard_ramp_steps: int = 1000, easy_factor: float = 0.1, run_aggregation: str = "max"):
         super().__init__()
+        if run_aggregation not in RUN_AGGREGATIONS:
+            raise ConfigError(f"dinomaly.run_aggregation must be one of {sorted(RUN_AGGREGATIONS)}, "
+                              f"got {run_aggregation!r}")
         config = encoder.config
         self.layer_groups = [list(map(int, group)) for group in layer_groups]
         layers = sorted({layer for group in self.layer_groups for layer in group})
@@ -185,7 +192,7 @@ class DinomalyHead(nn.Module):
         self.decoder = nn.ModuleList(DecoderBlock(dim, heads) for _ in range(decoder_depth))
         self.crop_size, self.map_size, self.blur_sigma = crop_size, map_size, blur_sigma
         self.score_top_ratio, self.hard_ratio, self.easy_factor = score_top_ratio, hard_ratio, easy_factor
-        self.hard_ramp_steps = hard_ramp_steps
+        self.hard_ramp_steps, self.run_aggregation = hard_ramp_steps, run_aggregation
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -256,11 +263,12 @@ class DinomalyHead(nn.Module):
         return image_scores(maps, self.score_top_ratio)
 
     def anomaly_scores(self, batch: dict) -> torch.Tensor:
-        """A run's score = max over its images' scores -> ``(B,)``."""
+        """A run's score = max (or mean, ``run_aggregation``) over its images' scores -> ``(B,)``."""
         maps, run_index = self.anomaly_maps(batch)
         per_image = self.image_scores_of(maps)
-        runs = torch.full((len(batch["num_images"]),), float("-inf"), dtype=per_image.dtype, device=per_image.device)
-        return runs.scatter_reduce(0, run_index, per_image, reduce="amax")
+        runs = torch.zeros(len(batch["num_images"]), dtype=per_image.dtype, device=per_image.device)
+        return runs.scatter_reduce(0, run_index, per_image, reduce=RUN_AGGREGATIONS[self.run_aggregation],
+                                   include_self=False)
 
 
 def _to_map(tokens: torch.Tensor, side: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from weldfilm.baselines.common import MemoryCachedDataset, fair_selection_split
+from weldfilm.baselines.common import MemoryCachedDataset, SplitResultMemo, fair_selection_split
 from weldfilm.baselines.late_fusion_models import (AudioAutoEncoder, VideoAutoEncoder, fuse_scores,
                                                    search_fusion_weight, zscore_stats)
 from weldfilm.io import read_json, write_json
@@ -20,6 +20,7 @@ from weldfilm.methods import Method, normal_only_subset, scores_frame
 from weldfilm.training import load_selected_weights, score_loader
 
 BRANCHES = ("audio", "video")
+SPLIT_RESULTS = SplitResultMemo()  # per-branch scores per run and split, shared by the method objects of a process
 
 
 class AudioHead(AudioAutoEncoder):
@@ -84,7 +85,10 @@ class LateFusionMethod(Method):
         return self.loader(dataset, train, batch_size=self.section["batch_size"] if train else None)
 
     def _head(self, branch: str):
-        return AudioHead(self.section) if branch == "audio" else VideoHead(self.section)
+        """A fresh autoencoder, initialised from the run seed (not from whatever the global RNG holds)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return AudioHead(self.section) if branch == "audio" else VideoHead(self.section)
 
     def _train_cfg(self, branch: str) -> dict:
         """The shared ``train`` section with this autoencoder's epochs, lr and patience (no EMA, no clipping)."""
@@ -120,7 +124,15 @@ class LateFusionMethod(Method):
         return summary
 
     def _branch_scores(self, split: str) -> dict:
-        """Sample ids, labels and per-branch sample scores of ``split`` from the selected checkpoints."""
+        """Sample ids, labels and per-branch sample scores of ``split`` from the selected checkpoints.
+
+        Memoised per process (``SPLIT_RESULTS``): evaluating TEST re-uses the VAL scores of the VAL evaluation.
+        """
+        checkpoints = [self.run_dir / "checkpoints" / f"{branch}_best.pt" for branch in BRANCHES]
+        return SPLIT_RESULTS.get_or_compute(self.run_dir, split, self.cfg, checkpoints,
+                                            lambda: self._score_branches(split))
+
+    def _score_branches(self, split: str) -> dict:
         out = {}
         for branch in BRANCHES:
             head = self._head(branch)

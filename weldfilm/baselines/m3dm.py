@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weldfilm.baselines.common import SplitResultMemo
 from weldfilm.baselines.m3dm_bank import DecisionFuser, PatchBank, distance_maps, reweighted_score
 from weldfilm.baselines.m3dm_point import (PointTransformer, features_on_patch_grid, load_point_mae_checkpoint,
                                            pseudo_point_cloud)
@@ -43,6 +44,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BANKS_FILE = "m3dm_banks.safetensors"
 FUSION_FILE = "m3dm_fusion.json"
 MODALITY_KEYS = ("point", "rgb")  # the order of the fusion features, as in M3DM ([xyz, rgb])
+SPLIT_RESULTS = SplitResultMemo()  # (scores, maps) per run and split, shared by the method objects of a process
 
 
 class M3DMFeatures(nn.Module):
@@ -100,7 +102,6 @@ class M3DMMethod(Method):
         self._extractor: M3DMFeatures | None = None
         self.banks: dict[str, PatchBank] | None = None
         self.fusers: dict[str, DecisionFuser] | None = None
-        self._results: dict[str, tuple[pd.DataFrame, np.ndarray]] = {}
 
     # ------------------------------------------------------------------------------ description
     @property
@@ -279,22 +280,24 @@ class M3DMMethod(Method):
 
     # ------------------------------------------------------------------------------ evaluation
     def _evaluate(self, split: str) -> tuple[pd.DataFrame, np.ndarray]:
-        """Scores and maps of a split (one pass, cached for ``score`` and ``anomaly_maps``)."""
-        if split not in self._results:
-            if self.banks is None:
-                self._load()
-            ids, rows, maps = [], [], []
-            for batch_ids, rgb, point in self._batches(split):
-                per_sample = [self._sample_scores({"rgb": rgb[i], "point": point[i]}) for i in range(len(batch_ids))]
-                rows += [scores for scores, _ in per_sample]
-                maps.append(self._fused_maps(torch.stack([d for _, d in per_sample])))
-                ids += batch_ids
-            modality = np.stack(rows)
-            frame = scores_frame(ids, self.fusers["detect"].score(modality))
-            for column, key in enumerate(MODALITY_KEYS):
-                frame[f"score_{key}"] = modality[:, column]
-            self._results[split] = (frame, np.concatenate(maps))
-        return self._results[split]
+        """Scores and maps of a split: one pass per process for ``score`` and ``anomaly_maps`` (``SPLIT_RESULTS``)."""
+        fitted = [self.checkpoint_dir / BANKS_FILE, self.checkpoint_dir / FUSION_FILE]
+        return SPLIT_RESULTS.get_or_compute(self.run_dir, split, self.cfg, fitted, lambda: self._score_split(split))
+
+    def _score_split(self, split: str) -> tuple[pd.DataFrame, np.ndarray]:
+        if self.banks is None:
+            self._load()
+        ids, rows, maps = [], [], []
+        for batch_ids, rgb, point in self._batches(split):
+            per_sample = [self._sample_scores({"rgb": rgb[i], "point": point[i]}) for i in range(len(batch_ids))]
+            rows += [scores for scores, _ in per_sample]
+            maps.append(self._fused_maps(torch.stack([d for _, d in per_sample])))
+            ids += batch_ids
+        modality = np.stack(rows)
+        frame = scores_frame(ids, self.fusers["detect"].score(modality))
+        for column, key in enumerate(MODALITY_KEYS):
+            frame[f"score_{key}"] = modality[:, column]
+        return frame, np.concatenate(maps)
 
     def score(self, split: str) -> pd.DataFrame:
         """``sample_id, score`` (fused) plus the weighted per-modality scores ``score_point, score_rgb``."""
