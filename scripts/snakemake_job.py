@@ -35,6 +35,14 @@ def _redirect_output(log_path: Path):
     return console
 
 
+def limit_threads(threads: int) -> None:
+    """Let the job's numeric libraries use exactly the cores Snakemake gave it (set before torch loads)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
 def run_job(snakemake, job: Callable[[dict, Any], Any]) -> None:
     """Run ``job(cfg, snakemake)`` with its output in the rule's log.
 
@@ -42,6 +50,7 @@ def run_job(snakemake, job: Callable[[dict, Any], Any]) -> None:
     on the console and exit status 1, without a traceback; any other error keeps its traceback.
     """
     console = _redirect_output(Path(snakemake.log[0]))
+    limit_threads(snakemake.threads)
     from weldfilm.config import prepare
     from weldfilm.errors import WeldfilmError
 

@@ -67,13 +67,13 @@ def test_dotted_overrides_and_parse_set_args():
 
 
 def test_run_config_applies_protocol_then_ablation():
-    cfg = load_config()
+    cfg = load_config(overrides={"train.use_ema": True, "train.warmup_epochs": 2})
     run = run_config(cfg, "causal_film", 2, protocol="paper_faithful", ablation="no_film")
     assert run["run"] == {"method": "causal_film", "seed": 2, "protocol": "paper_faithful", "ablation": "no_film"}
     assert run["train"]["use_ema"] is False and run["train"]["warmup_epochs"] == 0
     assert run["causal_film"]["use_film"] is False
     fair = run_config(cfg, "causal_film", 0)
-    assert fair["train"]["use_ema"] is True
+    assert fair["train"]["use_ema"] is True and fair["train"]["warmup_epochs"] == 2
 
 
 def test_run_config_rejects_unknowns():

@@ -118,6 +118,10 @@ def test_head_shapes_state_dict_and_run_scores():
         scores = head.anomaly_scores(batch)
     per_image = maps.flatten(1).amax(dim=1)
     assert torch.allclose(scores, torch.stack([per_image[:2].max(), per_image[2], per_image[3:].max()]))
+    head.run_aggregation = "mean"
+    with torch.no_grad():
+        mean_scores = head.anomaly_scores(batch)
+    assert torch.allclose(mean_scores, torch.stack([per_image[:2].mean(), per_image[2], per_image[3:].mean()]))
     state = head.state_dict()
     assert not any(key.startswith("encoder.") for key in state) and "train_steps" in state
     DinomalyHead(tiny_encoder(), [[1], [2]], 2, crop_size=16).load_state_dict(state)  # strict, encoder excluded
@@ -130,6 +134,8 @@ def test_head_rejects_bad_settings_and_runs_without_images():
         DinomalyHead(tiny_encoder(), [[1], [2]], 3, crop_size=16)
     with pytest.raises(ConfigError, match="blocks"):
         DinomalyHead(tiny_encoder(), [[1], [7]], 2, crop_size=16)
+    with pytest.raises(ConfigError, match="run_aggregation"):
+        DinomalyHead(tiny_encoder(), [[1], [2]], 2, crop_size=16, run_aggregation="median")
     head = DinomalyHead(tiny_encoder(), [[1], [2]], 2, crop_size=16)
     with pytest.raises(DataError, match="run-b"):
         head.images_of({"post_weld_images": torch.rand(2, 2, 3, 16, 16), "num_images": torch.tensor([1, 0]),
@@ -174,8 +180,13 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(dinomaly_run):
     assert list(table.columns) == SCORE_COLUMNS and np.isfinite(table["score"]).all()
     assert table["score"].nunique() > 1 and 0.0 <= metrics["i_auroc"] <= 1.0
 
+    assert described["run_score"].startswith("mean over the run's images")  # the default run_aggregation
     fresh = DinomalyMethod(make(), run_dir, torch.device("cpu"))
     maps = fresh.anomaly_maps("test")  # per run: the map of its highest-scoring image
     assert maps.shape == (len(table), 16, 16)
-    assert np.allclose(maps.reshape(len(table), -1).max(axis=1), table["score"], atol=1e-5)
+    assert (maps.reshape(len(table), -1).max(axis=1) >= table["score"] - 1e-5).all()  # best image >= the mean
+    max_cfg = make()
+    max_cfg["dinomaly"]["run_aggregation"] = "max"
+    max_scores = DinomalyMethod(max_cfg, run_dir, torch.device("cpu")).score("test")
+    assert np.allclose(maps.reshape(len(table), -1).max(axis=1), max_scores["score"], atol=1e-5)
     assert DinomalyMethod(make("paper_faithful"), run_dir, torch.device("cpu")).selection == "test"

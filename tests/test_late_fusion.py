@@ -101,6 +101,12 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(late_fusion_run):
 
     make, run_dir = late_fusion_run
     metadata = train_run(make(), run_dir)  # the shared runner: builds the method, fits, writes metadata.json
+    scored_splits = []
+    score_branches = LateFusionMethod._score_branches
+
+    def counting(self, split):
+        scored_splits.append(split)
+        return score_branches(self, split)
     described = metadata["describe"]
     assert metadata["selection_split"] == described["selection_split"] == "val"
     assert set(described["modalities"]) == {"audio", "video"} and described["augmentation"] is False
@@ -111,7 +117,11 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(late_fusion_run):
     fusion = read_json(run_dir / "fusion.json")
     assert fusion["weights_from"] == "config" and (fusion["w_audio"], fusion["w_video"]) == (0.37, 0.63)
 
-    metrics = evaluate_run(run_dir, "test", run_dir / "eval" / "test")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LateFusionMethod, "_score_branches", counting)
+        evaluate_run(run_dir, "val", run_dir / "eval" / "val")
+        metrics = evaluate_run(run_dir, "test", run_dir / "eval" / "test")  # its VAL threshold re-uses VAL's scores
+    assert scored_splits == ["val", "test"]
     table = pd.read_csv(run_dir / "eval" / "test" / "scores.csv")
     assert list(table.columns) == SCORE_COLUMNS and np.isfinite(table["score"]).all()
     assert table["score"].nunique() > 1 and 0.0 <= metrics["i_auroc"] <= 1.0
@@ -146,3 +156,50 @@ def test_fair_protocol_refuses_test_selection(late_fusion_run):
     cfg["train"]["selection_split"] = "test"
     with pytest.raises(ConfigError, match="fair"):
         LateFusionMethod(cfg, run_dir, torch.device("cpu"))
+
+
+def test_heads_start_from_the_run_seed_whatever_the_global_rng(late_fusion_run):
+    from weldfilm.baselines.late_fusion import LateFusionMethod
+
+    make, run_dir = late_fusion_run
+    method = LateFusionMethod(make(), run_dir, torch.device("cpu"))
+    states = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        states.append(method._head("audio").state_dict())
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
+
+
+def test_numpy_stft_matches_librosa():
+    import librosa
+
+    from weldfilm.data.readers import stft_magnitude
+
+    rng = np.random.default_rng(0)
+    for length, n_fft, hop in ((5000, 512, 256), (300, 64, 16), (100, 64, 512)):
+        wave = rng.standard_normal(length).astype(np.float32)
+        ours = stft_magnitude(wave, n_fft, hop)
+        reference = np.abs(librosa.stft(wave, n_fft=n_fft, hop_length=hop))
+        assert ours.shape == reference.shape and ours.dtype == np.float32
+        assert np.allclose(ours, reference, rtol=1e-4, atol=1e-5 * reference.max())
+
+
+def test_split_result_memo_recomputes_after_a_refit_or_another_config(tmp_path):
+    from weldfilm.baselines.common import SplitResultMemo
+
+    memo, calls = SplitResultMemo(), []
+    fitted = tmp_path / "checkpoints" / "best.pt"
+
+    def compute():
+        calls.append(1)
+        return len(calls)
+
+    assert memo.get_or_compute(tmp_path, "val", {"a": 1}, [fitted], compute) == 1  # not fitted: never memoised
+    fitted.parent.mkdir()
+    fitted.write_bytes(b"weights")
+    assert memo.get_or_compute(tmp_path, "val", {"a": 1}, [fitted], compute) == 2
+    assert memo.get_or_compute(tmp_path, "VAL", {"a": 1}, [fitted], compute) == 2  # memoised
+    assert memo.get_or_compute(tmp_path, "test", {"a": 1}, [fitted], compute) == 3  # another split
+    assert memo.get_or_compute(tmp_path, "val", {"a": 2}, [fitted], compute) == 4  # another config
+    fitted.write_bytes(b"re-fitted weights")
+    assert memo.get_or_compute(tmp_path, "val", {"a": 1}, [fitted], compute) == 5  # a re-fit

@@ -83,3 +83,21 @@ def test_film_broadcasts_over_tokens():
     gamma = torch.full((2, 1, 4), 2.0)
     beta = torch.full((2, 1, 4), -1.0)
     assert torch.equal(film(tokens, gamma, beta), torch.ones(2, 3, 4))
+
+
+def test_cpu_mixer_equals_transformers_mambamixer_on_the_same_weights():
+    """The plain-torch CPU mixer is a drop-in for transformers' MambaMixer (use_mambapy): same keys, same output."""
+    from weldfilm.models.mamba import SelectiveScanMixer, make_mamba_mixer
+
+    torch.manual_seed(1)
+    reference = make_mamba_mixer(8).eval()
+    with torch.no_grad():
+        for parameter in reference.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    ours = SelectiveScanMixer(8).eval()
+    ours.load_state_dict(reference.state_dict())  # strict: identical names and shapes
+    x = torch.randn(3, 17, 8)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), reference(x), atol=1e-5)
+    ours.train(), reference.train()
+    assert torch.allclose(ours(x), reference(x), atol=1e-5)

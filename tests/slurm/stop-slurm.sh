@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Stop the test cluster that start-slurm.sh started: cancel its jobs, then end each daemon by the
-# PID it recorded (only if that PID still runs the expected program). Safe to run twice.
+# Stop the test cluster that start-slurm.sh started: cancel its jobs, end each daemon by the PID it
+# recorded (only if that PID still runs the expected program), remove its config. Safe to run twice.
 set -uo pipefail
 
 BASE=${WELDFILM_SLURM_DIR:-/tmp/weldfilm-slurm}
@@ -28,4 +28,8 @@ stop_daemon() {  # stop_daemon PROGRAM PIDFILE
 stop_daemon slurmd "$BASE/pids/slurmd.pid"
 stop_daemon slurmctld "$BASE/pids/slurmctld.pid"
 stop_daemon munged "$BASE/pids/munged.pid"
+# the config files start-slurm.sh wrote (recognised by its first line; anything else stays)
+for conf in /etc/slurm/slurm.conf /etc/slurm/gres.conf; do
+  [ "$(head -n 1 "$conf" 2>/dev/null)" = "# throw-away test cluster written by tests/slurm/start-slurm.sh" ] && rm -f "$conf"
+done
 echo "stop-slurm: stopped" >&2

@@ -4,11 +4,13 @@
 import functools
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 from weldfilm import paper as paper_outputs
 from weldfilm.config import REPO_ROOT, run_config
-from weldfilm.features import feature_dir_key
+from weldfilm.feature_keys import feature_dir_key
 from weldfilm.io import stable_hash
 
 RESULTS = os.path.normpath(CFG["results"])
@@ -40,6 +42,23 @@ TINY_BACKBONE_NAMES = {
     "dinomaly_encoder": "dinov2_reg",
 }
 BACKBONE_DIRS = {key: os.path.normpath(CFG["backbones"][key]) for key in TINY_BACKBONE_NAMES if CFG["backbones"][key]}
+
+
+
+def nvidia_gpu_visible():
+    """True when this machine shows an NVIDIA GPU (device node or a working `nvidia-smi -L`)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return False
+    if os.path.exists("/dev/nvidia0"):
+        return True
+    smi = shutil.which("nvidia-smi")
+    return bool(smi) and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
+
+
+# GPU rules request gpu=1 where a GPU exists, so `--resources gpu=1` gives each job the GPU in turn;
+# on a CPU-only machine they request none and run single-threaded side by side on the cores.
+GPU_PER_JOB = {"always": 1, "never": 0, "auto": int(nvidia_gpu_visible())}[CFG["workflow"]["gpu_jobs"]]
+GPU_JOB_THREADS = 2 if GPU_PER_JOB else 1
 
 RUN_DIR = os.path.join(RESULTS, "runs", "{protocol}", "{method}", "seed{seed}")
 ABLATION_DIR = os.path.join(RESULTS, "ablations", "{ablation}", "seed{seed}")

@@ -14,11 +14,11 @@ rule features:
         source=lambda wildcards: FEATURE_SOURCES[wildcards.feature_key],
     log:
         log_path("features", "{feature_key}", "{split}"),
-    threads: 2
+    threads: GPU_JOB_THREADS
     resources:
         mem_mb=16000,
         runtime=240,
-        gpu=1,
+        gpu=GPU_PER_JOB,
     conda:
         "../../envs/gpu.yaml"
     script:
@@ -37,11 +37,11 @@ rule train:
         config_hash=run_config_hash,
     log:
         log_path("train", "{protocol}", "{method}", "seed{seed}"),
-    threads: 2
+    threads: GPU_JOB_THREADS
     resources:
         mem_mb=16000,
         runtime=720,
-        gpu=1,
+        gpu=GPU_PER_JOB,
     conda:
         "../../envs/gpu.yaml"
     script:
@@ -60,11 +60,11 @@ rule evaluate:
         config_hash=run_config_hash,
     log:
         log_path("evaluate", "{protocol}", "{method}", "seed{seed}"),
-    threads: 2
+    threads: GPU_JOB_THREADS
     resources:
         mem_mb=8000,
         runtime=60,
-        gpu=1,
+        gpu=GPU_PER_JOB,
     conda:
         "../../envs/gpu.yaml"
     script:
