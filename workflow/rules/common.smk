@@ -46,11 +46,9 @@ BACKBONE_DIRS = {key: os.path.normpath(CFG["backbones"][key]) for key in TINY_BA
 
 
 def nvidia_gpu_visible():
-    """True when this machine shows an NVIDIA GPU (device node or a working `nvidia-smi -L`)."""
+    """True when this machine shows an NVIDIA GPU (a working `nvidia-smi -L`)."""
     if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
         return False
-    if os.path.exists("/dev/nvidia0"):
-        return True
     smi = shutil.which("nvidia-smi")
     return bool(smi) and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
 
