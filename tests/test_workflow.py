@@ -161,3 +161,28 @@ def test_full_default_workflow(tmp_path):
                 metrics = json.loads((results / "runs" / protocol / method / f"seed{seed}" / "eval" / "test"
                                       / "metrics.json").read_text())
                 assert 0.0 <= metrics["i_auroc"] <= 1.0 and not math.isnan(metrics["i_auroc"]), (protocol, method)
+
+
+def network_can_be_disabled() -> bool:
+    """True where `unshare -n` (a new, empty network namespace) works, e.g. as root on Linux."""
+    try:
+        return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not network_can_be_disabled(), reason="`unshare -n` is not permitted on this machine")
+def test_causal_film_run_needs_no_network(tmp_path):
+    """Synthetic data, tiny backbones, feature cache, one Causal-FiLM train + evaluate with networking off."""
+    tiny = {**TINY_DATA, "preprocess": {"video_frames": 4, "frame_size": 32, "image_size": 64, "audio_mel_bins": 16,
+                                        "audio_frames": 32, "sensor_length": 32},
+            "causal_film": {"d_model": 16, "sensor_hidden_dim": 8, "projector_hidden": 16},
+            "train": {"epochs": 1, "batch_size": 4, "device": "cpu"}}
+    workdir = make_workdir(tmp_path, merge=tiny)
+    target = "results/runs/fair/causal_film/seed0/eval/test/metrics.json"
+    command = ["unshare", "-n", sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--cores", "2", target]
+    result = subprocess.run(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:]
+    metrics = json.loads((workdir / target).read_text())
+    assert 0.0 <= metrics["i_auroc"] <= 1.0
