@@ -51,3 +51,12 @@ def test_cli_without_command_shows_usage(capsys):
     with pytest.raises(SystemExit):
         cli.main([])
     assert "COMMAND" in capsys.readouterr().out
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_json(tmp_path / "m.json", {"a": 1})
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~mask
