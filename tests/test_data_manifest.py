@@ -143,3 +143,24 @@ def test_manifest_cli(tmp_path, capsys):
     assert len(read_manifest(out)) == 6
     assert cli_main(["manifest", "--data-root", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_scan_split_is_stratified_by_configuration_folder():
+    """Every good configuration gives ~70 % of its runs to TRAIN and splits the rest evenly: no plate,
+    lighting or process preset lands mostly in one of VAL / TEST."""
+    from collections import Counter
+
+    from weldfilm.data.layout import run_ref
+    from weldfilm.data.manifest import scan_split
+
+    runs = [run_ref(f"good_weld_{c}_plane_plate/11-18-22-{c}{i:03d}-00") for c in range(4) for i in range(10)]
+    runs += [run_ref(f"porosity_weld_{c}/12-22-22-{c}{i:03d}-03") for c in range(2) for i in range(6)]
+    split = scan_split(runs, seed=3)
+    per_config = Counter((s.split("/")[0], split[s]) for s in split)
+    for c in range(4):
+        config = f"good_weld_{c}_plane_plate"
+        assert per_config[(config, "TRAIN")] == 7
+        assert abs(per_config[(config, "VAL")] - per_config[(config, "TEST")]) <= 1
+    for c in range(2):
+        assert per_config[(f"porosity_weld_{c}", "VAL")] == per_config[(f"porosity_weld_{c}", "TEST")] == 3
+    assert scan_split(runs, seed=3) == split
