@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from weldfilm.baselines.m3dm_bank import DecisionFuser, PatchBank, distance_maps, gaussian_blur, reweighted_score
+from weldfilm.baselines.m3dm_bank import DecisionFuser, PatchBank, distance_maps, reweighted_score
+from weldfilm.baselines.maps import gaussian_blur
 from weldfilm.baselines.m3dm_coreset import coreset_indices, farthest_point_sample, greedy_farthest_selection
 from weldfilm.baselines.m3dm_point import (PointTransformer, features_on_patch_grid, knn_group,
                                            load_point_mae_checkpoint, pseudo_point_cloud)

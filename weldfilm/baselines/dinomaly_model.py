@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weldfilm.baselines.m3dm_bank import gaussian_blur  # separable, radius 3 sigma, reflect padding
+from weldfilm.baselines.maps import gaussian_blur  # separable, radius 3 sigma, reflect padding
 from weldfilm.errors import ConfigError, DataError
 from weldfilm.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from weldfilm.baselines.m3dm_coreset import coreset_indices
+from weldfilm.baselines.maps import gaussian_blur
 from weldfilm.errors import CheckpointError
 
 
@@ -82,19 +83,6 @@ def reweighted_score(patches: torch.Tensor, bank: torch.Tensor, n_reweight: int 
     root_dim = math.sqrt(patches.shape[1])
     weight = 1 - torch.exp(s_star / root_dim) / torch.exp(to_neighbours / root_dim).sum()
     return weight * s_star, nearest
-
-
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``(B, 1, H, W)`` maps (kernel radius 3 sigma, reflect padding)."""
-    if sigma <= 0:
-        return maps
-    radius = min(int(math.ceil(3 * sigma)), min(maps.shape[-2:]) - 1)
-    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    padded = F.pad(maps, (radius, radius, radius, radius), mode="reflect")
-    out = F.conv2d(padded, kernel.view(1, 1, 1, -1))
-    return F.conv2d(out, kernel.view(1, 1, -1, 1))
 
 
 def distance_maps(distances: torch.Tensor, grid: tuple[int, int], size: int, sigma: float) -> torch.Tensor:
