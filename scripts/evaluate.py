@@ -6,11 +6,11 @@ from snakemake_job import run_job
 
 
 def job(cfg, snakemake):
-    from weldfilm.evaluation import evaluate_run
+    from weldfilm.evaluation import evaluate_splits
 
     run_dir = Path(snakemake.params.run_dir)
-    for split in snakemake.params.splits:
-        evaluate_run(run_dir, split, run_dir / "eval" / split)
+    splits = list(snakemake.params.splits)
+    evaluate_splits(run_dir, splits, {split: run_dir / "eval" / split for split in splits})
 
 
 if __name__ == "__main__":  # not in worker processes that re-import this file (multiprocessing spawn)

@@ -45,35 +45,56 @@ def labelled_scores(cfg: dict, scores: pd.DataFrame, split: str) -> pd.DataFrame
     return out[SCORE_COLUMNS]
 
 
-def evaluate_run(run_dir, split: str, out_dir) -> dict:
-    """Score ``split`` with the run's selected checkpoint; write ``out_dir/{scores.csv,metrics.json}``."""
+def load_trained_method(run_dir):
+    """The method of a trained run, rebuilt from its ``metadata.json`` (config, feature cache)."""
     from weldfilm.methods import get_method
 
-    run_dir, out_dir, split = Path(run_dir), Path(out_dir), split.lower()
-    metadata = read_json(run_dir / METADATA, "run metadata")
+    metadata = read_json(Path(run_dir) / METADATA, "run metadata")
     cfg = metadata["config"]
-    method_cls = get_method(cfg["run"]["method"])
     extra = {"feature_dir": Path(metadata["feature_dir"])} if metadata.get("feature_dir") else {}
-    method = method_cls(cfg, run_dir, None, **extra)
-    table = labelled_scores(cfg, method.score(split), split)
+    return metadata, get_method(cfg["run"]["method"])(cfg, Path(run_dir), None, **extra)
+
+
+def evaluate_run(run_dir, split: str, out_dir) -> dict:
+    """Score ``split`` with the run's selected checkpoint; write ``out_dir/{scores.csv,metrics.json}``."""
+    return evaluate_splits(run_dir, [split], {split: out_dir})[split.lower()]
+
+
+def evaluate_splits(run_dir, splits, out_dirs: dict) -> dict:
+    """Evaluate several splits with one method object: each split (VAL too, when its threshold is
+    applied to another split) is scored once. ``out_dirs`` maps split -> output folder."""
+    run_dir = Path(run_dir)
+    metadata, method = load_trained_method(run_dir)
+    cfg = metadata["config"]
     ev = cfg["evaluation"]
-    threshold, source = None, None
-    if ev.get("threshold_split", "val") == "val" and split != "val":
-        val = labelled_scores(cfg, method.score("val"), "val")
-        threshold, source = youden_threshold(val["label"], val["score"]), "val"
-    maps = method.anomaly_maps(split)
-    metrics = compute_metrics(table["label"], table["score"], table["class_code"], split=split,
-                              bootstrap=ev.get("bootstrap", 1000), seed=ev.get("bootstrap_seed", 0),
-                              pro_limits=ev.get("aupro_limits", (0.3, 0.1, 0.05, 0.01)), threshold=threshold,
-                              threshold_source=source, maps=maps)
-    metrics["run"] = cfg["run"]
-    metrics["selection_split"] = metadata.get("selection_split")
-    metrics["notes"] += list(method.notes)
-    metrics["provenance"] = provenance(cfg, run_dir=str(run_dir), metadata_config_hash=metadata["provenance"].get("config_hash"))
-    with atomic_path(out_dir / "scores.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    write_json(out_dir / "metrics.json", metrics)
-    return metrics
+    scored: dict[str, pd.DataFrame] = {}
+
+    def table_of(split: str) -> pd.DataFrame:
+        if split not in scored:
+            scored[split] = labelled_scores(cfg, method.score(split), split)
+        return scored[split]
+
+    results = {}
+    for split, out_dir in ((s.lower(), Path(out_dirs[s])) for s in splits):
+        table = table_of(split)
+        threshold, source = None, None
+        if ev.get("threshold_split", "val") == "val" and split != "val":
+            val = table_of("val")
+            threshold, source = youden_threshold(val["label"], val["score"]), "val"
+        metrics = compute_metrics(table["label"], table["score"], table["class_code"], split=split,
+                                  bootstrap=ev.get("bootstrap", 1000), seed=ev.get("bootstrap_seed", 0),
+                                  pro_limits=ev.get("aupro_limits", (0.3, 0.1, 0.05, 0.01)), threshold=threshold,
+                                  threshold_source=source, maps=method.anomaly_maps(split))
+        metrics["run"] = cfg["run"]
+        metrics["selection_split"] = metadata.get("selection_split")
+        metrics["notes"] += list(method.notes)
+        metrics["provenance"] = provenance(cfg, run_dir=str(run_dir),
+                                           metadata_config_hash=metadata["provenance"].get("config_hash"))
+        with atomic_path(out_dir / "scores.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        write_json(out_dir / "metrics.json", metrics)
+        results[split] = metrics
+    return results
 
 
 def add_cli_arguments(parser) -> None:
