@@ -1,4 +1,5 @@
-"""Rules train / train_ablation: train one run; resume from its last.pt after a kill."""
+"""Rules train / train_ablation: train one run (resuming from its last.pt after a kill) and, when
+``workflow.evaluate_in_train_job`` is on, score it on the evaluated splits in the same process."""
 
 from pathlib import Path
 
@@ -8,7 +9,7 @@ from train_resume import resume_allowed
 
 def job(cfg, snakemake):
     from weldfilm.config import run_config
-    from weldfilm.runner import train_run
+    from weldfilm.runner import build_method, fit_run
 
     settings = snakemake.params.settings
     run_cfg = run_config(cfg, settings["method"], settings["seed"], settings["protocol"], settings["ablation"])
@@ -16,8 +17,13 @@ def job(cfg, snakemake):
     resume = resume_allowed(run_dir, snakemake.params.config_hash)
     print(f"run {run_dir}: {settings}, resume={resume}")
     features = snakemake.input.get("features")
-    feature_dir = Path(features[0]).parent if features else None
-    train_run(run_cfg, run_dir, resume=resume, feature_dir=feature_dir)
+    method = build_method(run_cfg, run_dir, feature_dir=Path(features[0]).parent if features else None)
+    fit_run(method, resume=resume)
+    splits = list(snakemake.params.eval_splits)
+    if splits:
+        from weldfilm.evaluation import evaluate_splits
+
+        evaluate_splits(run_dir, splits, {split: run_dir / "eval" / split for split in splits}, method=method)
 
 
 if __name__ == "__main__":  # not in worker processes that re-import this file (multiprocessing spawn)

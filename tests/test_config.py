@@ -37,6 +37,17 @@ def test_bad_values_name_the_key(raw, key):
         prepare(raw)
 
 
+def test_text_from_snakemake_config_is_read_as_the_schema_asks():
+    # `snakemake --config seeds=[0] workflow={evaluate_in_train_job: false}` hands nested values over as text
+    cfg = prepare({"seeds": ["0", "1"], "workflow": {"evaluate_in_train_job": "false"}, "train": {"lr": "1e-3"},
+                   "results": "123", "causal_film": {"result_layers": "[2, 3]"}})
+    assert cfg["seeds"] == [0, 1] and cfg["workflow"]["evaluate_in_train_job"] is False
+    assert cfg["train"]["lr"] == 1e-3 and cfg["results"] == "123"  # a string field stays a string
+    assert cfg["causal_film"]["result_layers"] == [2, 3]
+    with pytest.raises(ConfigError, match="config key 'workflow.evaluate_in_train_job'"):
+        prepare({"workflow": {"evaluate_in_train_job": "maybe"}})
+
+
 def test_unknown_key_is_named():
     with pytest.raises(ConfigError, match="epocs"):
         prepare({"train": {"epocs": 3}})

@@ -163,11 +163,12 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(dinomaly_run):
     import pandas as pd
 
     from weldfilm.baselines.dinomaly import DinomalyMethod
-    from weldfilm.evaluation import SCORE_COLUMNS, evaluate_run
-    from weldfilm.runner import train_run
+    from training_helpers import train_and_score_both_ways
+
+    from weldfilm.evaluation import SCORE_COLUMNS
 
     make, run_dir = dinomaly_run
-    metadata = train_run(make(), run_dir)
+    metadata, metrics = train_and_score_both_ways(make(), run_dir)
     described = metadata["describe"]
     assert metadata["selection_split"] == described["selection_split"] == "val"
     assert described["modalities"] == ["post_weld_images"] and described["augmentation"] is False
@@ -175,7 +176,6 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(dinomaly_run):
     assert metadata["fit"]["selection"] == "val_auroc" and metadata["fit"]["epochs_run"] == 2
     assert (run_dir / "checkpoints" / "best.pt").is_file()
 
-    metrics = evaluate_run(run_dir, "test", run_dir / "eval" / "test")
     table = pd.read_csv(run_dir / "eval" / "test" / "scores.csv")
     assert list(table.columns) == SCORE_COLUMNS and np.isfinite(table["score"]).all()
     assert table["score"].nunique() > 1 and 0.0 <= metrics["i_auroc"] <= 1.0

@@ -96,11 +96,14 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(late_fusion_run):
 
     from weldfilm.baselines.late_fusion import LateFusionMethod
     from weldfilm.evaluation import SCORE_COLUMNS, evaluate_run
+    from training_helpers import train_and_score_both_ways
+
+    from weldfilm.baselines.late_fusion import SPLIT_RESULTS
     from weldfilm.io import read_json
-    from weldfilm.runner import train_run
 
     make, run_dir = late_fusion_run
-    metadata = train_run(make(), run_dir)  # the shared runner: builds the method, fits, writes metadata.json
+    metadata, _ = train_and_score_both_ways(make(), run_dir, forget=SPLIT_RESULTS.clear)
+    SPLIT_RESULTS.clear()  # count the scoring below from scratch
     scored_splits = []
     score_branches = LateFusionMethod._score_branches
 

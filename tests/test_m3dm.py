@@ -175,12 +175,12 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(m3dm_run):
     from safetensors.torch import load_file
 
     from weldfilm.baselines.m3dm import SPLIT_RESULTS, M3DMMethod
-    from weldfilm.evaluation import evaluate_run
+    from training_helpers import train_and_score_both_ways
+
     from weldfilm.io import read_json
-    from weldfilm.runner import train_run
 
     cfg, run_dir = m3dm_run
-    metadata = train_run(cfg, run_dir)
+    metadata, metrics = train_and_score_both_ways(cfg, run_dir, forget=SPLIT_RESULTS.clear)
     described, summary = metadata["describe"], metadata["fit"]
     assert metadata["selection_split"] is None and described["method_name"] == "DINO+Point_MAE"
     assert "random-init" in described["point_backbone"] and described["augmentation"] is False
@@ -191,7 +191,6 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(m3dm_run):
     assert banks["rgb.patches"].shape == (summary["coreset"]["rgb"]["selected"], 32)
     assert read_json(run_dir / "checkpoints" / "m3dm_fusion.json")["fusers"]["detect"]["coef"] is not None
 
-    metrics = evaluate_run(run_dir, "test", run_dir / "eval" / "test")  # a fresh method: banks from disk
     scores = pd.read_csv(run_dir / "eval" / "test" / "scores.csv")
     SPLIT_RESULTS.clear()  # score again below, not from this process's memo
     method = M3DMMethod(cfg, run_dir, torch.device("cpu"))

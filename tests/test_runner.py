@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from training_helpers import ready_config
+from training_helpers import ready_config, train_and_score_both_ways
 
 from weldfilm.causal_film_method import CausalFiLMMethod
 from weldfilm.cli import main
@@ -31,7 +31,7 @@ def test_registry_and_normal_only_heuristic():
 
 def test_train_then_evaluate_writes_valid_outputs(cfg, tmp_path):
     run_dir = tmp_path / "run"
-    metadata = train_run(cfg, run_dir)
+    metadata, metrics = train_and_score_both_ways(cfg, run_dir)  # the fitted object scores as a rebuilt one
     on_disk = json.loads((run_dir / "metadata.json").read_text())
     assert on_disk["run"] == cfg["run"] and on_disk["selection_split"] == "val"
     assert {"run", "config", "describe", "token_shapes", "selection_split", "notes", "provenance", "fit"} <= set(on_disk)
@@ -40,7 +40,6 @@ def test_train_then_evaluate_writes_valid_outputs(cfg, tmp_path):
     assert metadata["fit"]["epochs_run"] == 2 and (run_dir / "checkpoints" / "best.pt").is_file()
     assert len((run_dir / "train_log.jsonl").read_text().splitlines()) == 2
 
-    metrics = evaluate_run(run_dir, "test", run_dir / "eval" / "test")
     scores = pd.read_csv(run_dir / "eval" / "test" / "scores.csv")
     assert list(scores.columns) == SCORE_COLUMNS
     assert (scores["label"] == (scores["class_code"] != 0)).all() and scores["score"].notna().all()

@@ -31,8 +31,9 @@ SLURM_DIR = Path(os.environ.get("WELDFILM_SLURM_DIR", "/tmp/weldfilm-slurm"))
 SLURM_PROFILE = REPO_ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
 LOCAL_RULES = {"all", "manifest", "dataset_card", "tables", "figures", "paper"}
 GPU_RULES = {"features", "train", "evaluate", "train_ablation", "evaluate_ablation"}
-# the default workflow at tiny sizes: every rule (both protocols, an ablation), two methods, one seed
-SMALL_RUN = {"merge": {**TINY_DATA, "train": {"epochs": 2}},
+# the default workflow at tiny sizes: every rule (both protocols, an ablation), two methods, one seed;
+# scoring as jobs of their own so that the evaluate rules go through SLURM too
+SMALL_RUN = {"merge": {**TINY_DATA, "train": {"epochs": 2}, "workflow": {"evaluate_in_train_job": False}},
              "replace": {"seeds": [0], "methods": ["causal_film", "late_fusion"],
                          "ablations": {"no_film": {"causal_film.use_film": False}}}}
 

@@ -57,8 +57,9 @@ def expected_job_counts(cfg: dict) -> dict[str, int]:
     """How many jobs of each rule the config asks for (the paper needs all of them)."""
     runs = len(cfg["methods"]) * len(cfg["seeds"]) * len(cfg["protocols"])
     ablation_runs = len(cfg["ablations"]) * len(cfg["seeds"])
-    counts = {"manifest": 1, "validate": 1, "dataset_card": 1, "train": runs, "evaluate": runs,
-              "train_ablation": ablation_runs, "evaluate_ablation": ablation_runs,
+    separate = 0 if cfg["workflow"]["evaluate_in_train_job"] else 1  # scoring jobs of their own
+    counts = {"manifest": 1, "validate": 1, "dataset_card": 1, "train": runs, "evaluate": runs * separate,
+              "train_ablation": ablation_runs, "evaluate_ablation": ablation_runs * separate,
               "tables": 1, "figures": 1, "paper": 1, "all": 1}
     counts["synthesize"] = int(cfg["data"]["source"] == "synthetic")
     counts["tiny_backbones"] = int(cfg["backbones"]["source"] == "tiny")
@@ -77,11 +78,12 @@ def test_lint_reports_nothing(tmp_path):
 
 SMALL = {"seeds": [3], "methods": ["causal_film", "m3dm"], "train": {"feature_cache": False},
          "ablations": {"no_film": {"causal_film.use_film": False}, "topk_1.0": {"loss.top_k_ratio": 1.0}}}
+SEPARATE_SCORING = {"workflow": {"evaluate_in_train_job": False}}
 
 
-@pytest.mark.parametrize("changes", [{}, SMALL], ids=["default", "small"])
+@pytest.mark.parametrize("changes", [{}, SMALL, SEPARATE_SCORING], ids=["default", "small", "separate_scoring"])
 def test_dry_run_lists_every_job(tmp_path, changes):
-    workdir = make_workdir(tmp_path, merge=changes, replace={"ablations": changes.get("ablations")} if changes else {})
+    workdir = make_workdir(tmp_path, merge=changes, replace={"ablations": changes["ablations"]} if "ablations" in changes else {})
     result = run_snakemake(workdir, "-n", "--quiet", "rules")
     assert result.returncode == 0, result.stdout
     cfg = load_config(workdir / "config.yaml")

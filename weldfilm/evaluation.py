@@ -60,11 +60,20 @@ def evaluate_run(run_dir, split: str, out_dir) -> dict:
     return evaluate_splits(run_dir, [split], {split: out_dir})[split.lower()]
 
 
-def evaluate_splits(run_dir, splits, out_dirs: dict) -> dict:
+def evaluate_splits(run_dir, splits, out_dirs: dict, method=None) -> dict:
     """Evaluate several splits with one method object: each split (VAL too, when its threshold is
-    applied to another split) is scored once. ``out_dirs`` maps split -> output folder."""
+    applied to another split) is scored once. ``out_dirs`` maps split -> output folder.
+
+    ``method``: the object that just trained the run (``weldfilm.runner.fit_run``), so the job that
+    trained it also scores it without rebuilding it; by default it is rebuilt from ``metadata.json``.
+    Either way the selected checkpoint on disk is what is scored.
+    """
     run_dir = Path(run_dir)
-    metadata, method = load_trained_method(run_dir)
+    if method is None:
+        metadata, method = load_trained_method(run_dir)
+    else:
+        metadata = read_json(run_dir / METADATA, "run metadata")
+    first_note = len(method.notes)  # notes of the training itself are in metadata.json already
     cfg = metadata["config"]
     ev = cfg["evaluation"]
     scored: dict[str, pd.DataFrame] = {}
@@ -87,7 +96,7 @@ def evaluate_splits(run_dir, splits, out_dirs: dict) -> dict:
                                   threshold_source=source, maps=method.anomaly_maps(split))
         metrics["run"] = cfg["run"]
         metrics["selection_split"] = metadata.get("selection_split")
-        metrics["notes"] += list(method.notes)
+        metrics["notes"] += list(method.notes[first_note:])
         metrics["provenance"] = provenance(cfg, run_dir=str(run_dir),
                                            metadata_config_hash=metadata["provenance"].get("config_hash"))
         with atomic_path(out_dir / "scores.csv") as tmp:

@@ -19,6 +19,11 @@ METADATA = "metadata.json"
 
 def train_run(cfg: dict, out_dir, resume: bool = False, feature_dir=None) -> dict:
     """Train the run described by ``cfg`` (a ``run_config`` result) into ``out_dir``; return its metadata."""
+    return fit_run(build_method(cfg, out_dir, feature_dir), resume=resume)
+
+
+def build_method(cfg: dict, out_dir, feature_dir=None):
+    """The ``Method`` of the run described by ``cfg`` (a ``run_config`` result), working in ``out_dir``."""
     if "run" not in cfg:
         raise ConfigError("train_run needs a run config from weldfilm.config.run_config (key 'run' is missing)")
     out_dir = Path(out_dir)
@@ -29,7 +34,13 @@ def train_run(cfg: dict, out_dir, resume: bool = False, feature_dir=None) -> dic
     extra = {}
     if feature_dir is not None and "feature_dir" in inspect.signature(method_cls).parameters:
         extra["feature_dir"] = Path(feature_dir)
-    method = method_cls(cfg, out_dir, device, **extra)
+    return method_cls(cfg, out_dir, device, **extra)
+
+
+def fit_run(method, resume: bool = False) -> dict:
+    """Fit ``method`` (from ``build_method``) and write its run's metadata.json last; return the metadata."""
+    cfg, out_dir, device = method.cfg, method.run_dir, method.device
+    feature_dir = getattr(method, "feature_dir", None)
     started = time.perf_counter()
     summary = method.fit(resume=resume)
     metadata = {
@@ -39,7 +50,7 @@ def train_run(cfg: dict, out_dir, resume: bool = False, feature_dir=None) -> dic
         "token_shapes": method.token_shapes(),
         "selection_split": method.selection_split,
         "fit": summary,
-        "feature_dir": str(extra["feature_dir"]) if "feature_dir" in extra else None,
+        "feature_dir": str(feature_dir) if feature_dir is not None else None,
         "device": str(device),
         "train_seconds": round(time.perf_counter() - started, 3),
         "notes": list(method.notes),

@@ -24,6 +24,7 @@ ABLATION_PROTOCOL = "fair"  # ... under the fair protocol
 FEATURE_CACHE_METHODS = ("causal_film",)  # methods whose class reads the feature cache
 SPLITS = ["train", "val", "test"]
 EVAL_SPLITS = list(CFG["workflow"]["eval_splits"])
+EVALUATE_IN_TRAIN_JOB = bool(CFG["workflow"]["evaluate_in_train_job"])
 
 DATA_ROOT = os.path.normpath(CFG["data"]["root"])
 PAPER_MANIFEST = CFG["data"]["paper_manifest"]

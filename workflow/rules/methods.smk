@@ -26,15 +26,18 @@ rule features:
 
 
 rule train:
-    """Train one method with one seed under one protocol; resumes from last.pt after a kill."""
+    """Train one method with one seed under one protocol; resumes from last.pt after a kill. With
+    workflow.evaluate_in_train_job (default) the same job then scores the evaluated splits."""
     input:
         unpack(train_inputs),
     output:
         metadata=os.path.join(RUN_DIR, "metadata.json"),
+        **(eval_outputs(RUN_DIR) if EVALUATE_IN_TRAIN_JOB else {}),
     params:
         settings=run_settings,
         run_dir=run_dir,
         config_hash=run_config_hash,
+        eval_splits=EVAL_SPLITS if EVALUATE_IN_TRAIN_JOB else [],
     log:
         log_path("train", "{protocol}", "{method}", "seed{seed}"),
     threads: GPU_JOB_THREADS
@@ -48,24 +51,26 @@ rule train:
         "../../scripts/train.py"
 
 
-rule evaluate:
-    """Score a trained run on every evaluated split: scores.csv + metrics.json each."""
-    input:
-        unpack(evaluate_inputs),
-    output:
-        **eval_outputs(RUN_DIR),
-    params:
-        run_dir=run_dir,
-        splits=EVAL_SPLITS,
-        config_hash=run_config_hash,
-    log:
-        log_path("evaluate", "{protocol}", "{method}", "seed{seed}"),
-    threads: GPU_JOB_THREADS
-    resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=GPU_PER_JOB,
-    conda:
-        "../../envs/gpu.yaml"
-    script:
-        "../../scripts/evaluate.py"
+if not EVALUATE_IN_TRAIN_JOB:  # scoring as jobs of their own
+
+    rule evaluate:
+        """Score a trained run on every evaluated split: scores.csv + metrics.json each."""
+        input:
+            unpack(evaluate_inputs),
+        output:
+            **eval_outputs(RUN_DIR),
+        params:
+            run_dir=run_dir,
+            splits=EVAL_SPLITS,
+            config_hash=run_config_hash,
+        log:
+            log_path("evaluate", "{protocol}", "{method}", "seed{seed}"),
+        threads: GPU_JOB_THREADS
+        resources:
+            mem_mb=8000,
+            runtime=60,
+            gpu=GPU_PER_JOB,
+        conda:
+            "../../envs/gpu.yaml"
+        script:
+            "../../scripts/evaluate.py"
