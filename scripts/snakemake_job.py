@@ -43,13 +43,28 @@ def limit_threads(threads: int) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
+def _hand_to_job_server() -> None:
+    """Let the warm job server (weldfilm/jobserver.py) run this job when it is on; exit with its status."""
+    from weldfilm import jobserver
+
+    script = getattr(sys.modules["__main__"], "__real_file__", None)  # Snakemake's generated script
+    if script and jobserver.enabled():
+        status = jobserver.run_in_server(script)
+        if status is not None:
+            sys.exit(status)
+
+
 def run_job(snakemake, job: Callable[[dict, Any], Any]) -> None:
     """Run ``job(cfg, snakemake)`` with its output in the rule's log.
 
     A ``WeldfilmError`` (bad data, config, checkpoint) ends the job with its message in the log and
     on the console and exit status 1, without a traceback; any other error keeps its traceback.
     """
+    _hand_to_job_server()
     console = _redirect_output(Path(snakemake.log[0]))
+    from weldfilm.jobserver import describe_process
+
+    print(describe_process())
     limit_threads(snakemake.threads)
     from weldfilm.config import prepare
     from weldfilm.errors import WeldfilmError

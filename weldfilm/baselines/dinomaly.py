@@ -54,14 +54,17 @@ class DinomalyMethod(Method):
         self.selection = fair_selection_split(self)
         self.best_path = self.run_dir / "checkpoints" / "best.pt"
         self._datasets: dict = {}
+        self._encoder = None  # the frozen encoder, loaded once and shared by every head of this object
+        self._selected: DinomalyTrainable | None = None  # best.pt loaded, once per fit
 
     def _head(self) -> DinomalyTrainable:
-        from transformers import Dinov2WithRegistersModel
+        if self._encoder is None:
+            from transformers import Dinov2WithRegistersModel
 
-        from weldfilm.models.backbones import load_pretrained
+            from weldfilm.models.backbones import load_pretrained
 
-        encoder = load_pretrained(self.cfg["backbones"]["dinomaly_encoder"], Dinov2WithRegistersModel)
-        return DinomalyTrainable(encoder, self.section)
+            self._encoder = load_pretrained(self.cfg["backbones"]["dinomaly_encoder"], Dinov2WithRegistersModel)
+        return DinomalyTrainable(self._encoder, self.section)
 
     def _loader(self, split: str, train: bool = False):
         if split not in self._datasets:
@@ -95,15 +98,18 @@ class DinomalyMethod(Method):
                 "run_score": f"{s['run_aggregation']} over the run's images of {image_score}"}
 
     def fit(self, resume: bool = False) -> dict:
+        self._selected = None
         head = self._head()
         result = self.trainer("", self._train_cfg()).fit(head, self._loader("train", train=True),
                                                         self._loader(self.selection), resume)
         return {"selection_split": self.selection, "layer_groups": head.layer_groups, **result.to_dict()}
 
     def _selected_head(self) -> DinomalyTrainable:
-        head = self._head()
-        load_selected_weights(head, self.best_path)
-        return head.to(self.device).eval()
+        if self._selected is None:
+            head = self._head()
+            load_selected_weights(head, self.best_path)
+            self._selected = head.to(self.device).eval()
+        return self._selected
 
     def score(self, split: str):
         scored = score_loader(self._selected_head(), self._loader(split), self.device, self.cfg["train"])

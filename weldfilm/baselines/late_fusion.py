@@ -32,7 +32,7 @@ class AudioHead(AudioAutoEncoder):
         self.pct_start = section["audio_pct_start"]
 
     def configure_optimizer(self, train_cfg: dict, steps_per_epoch: int):
-        optimizer = torch.optim.Adam(self.parameters(), lr=train_cfg["lr"])
+        optimizer = torch.optim.Adam(self.parameters(), lr=train_cfg["lr"], fused=True)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=train_cfg["lr"], epochs=train_cfg["epochs"],
                                                         steps_per_epoch=max(1, steps_per_epoch),
                                                         pct_start=self.pct_start, anneal_strategy="cos")
@@ -48,7 +48,7 @@ class VideoHead(VideoAutoEncoder):
                          section["projection_seed"], window)
 
     def configure_optimizer(self, train_cfg: dict, steps_per_epoch: int):
-        return torch.optim.Adam(self.parameters(), lr=train_cfg["lr"]), None, "epoch"
+        return torch.optim.Adam(self.parameters(), lr=train_cfg["lr"], fused=True), None, "epoch"
 
 
 class LateFusionMethod(Method):

@@ -58,6 +58,9 @@ def nvidia_gpu_visible():
 # on a CPU-only machine they request none and run single-threaded side by side on the cores.
 GPU_PER_JOB = {"always": 1, "never": 0, "auto": int(nvidia_gpu_visible())}[CFG["workflow"]["gpu_jobs"]]
 GPU_JOB_THREADS = 2 if GPU_PER_JOB else 1
+# Local jobs hand their work to a warm process that imported torch & co once (weldfilm/jobserver.py);
+# jobs inherit this variable. Off inside SLURM jobs whatever it says.
+os.environ.update(WELDFILM_JOB_SERVER="1" if CFG["workflow"]["job_server"] else "0")
 
 RUN_DIR = os.path.join(RESULTS, "runs", "{protocol}", "{method}", "seed{seed}")
 ABLATION_DIR = os.path.join(RESULTS, "ablations", "{ablation}", "seed{seed}")

@@ -1,0 +1,135 @@
+"""The warm job server: a job runs in a forked child with the client's streams, folder, environment and
+exit status; killing the client kills the job; the server goes away when idle; when it is used."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from weldfilm import jobserver
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not hasattr(__import__("socket"), "send_fds"),
+                                reason="needs fork and SCM_RIGHTS")
+
+JOB = """
+import os, sys, time
+from weldfilm.jobserver import describe_process
+print("job", os.getpid(), os.getcwd(), os.environ.get("JOB_VALUE"), sys.argv[1:])
+print(describe_process())
+print("to stderr", file=sys.stderr)
+if os.environ.get("JOB_SLEEP"):
+    open("job.pid", "w").write(str(os.getpid()))
+    time.sleep(60)
+if os.environ.get("JOB_RAISE"):
+    raise RuntimeError("the job failed")
+sys.exit(int(os.environ.get("JOB_EXIT", "0")))
+"""
+CLIENT = ("import sys; from pathlib import Path; from weldfilm import jobserver; "
+          "print('client', __import__('os').getpid(), flush=True); "
+          "status = jobserver.run_in_server(sys.argv[1], Path(sys.argv[2])); "
+          "sys.exit(99 if status is None else status)")
+
+
+def wait_for(condition, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A server without preloading on a socket in tmp_path; stopped after the test."""
+    path = tmp_path / "s.sock"
+    process = subprocess.Popen([sys.executable, "-m", "weldfilm.jobserver", "--socket", str(path), "--idle", "30",
+                                "--no-preload"], start_new_session=True)
+    assert wait_for(path.exists), "the server did not start listening"
+    yield path, process
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def run_client(path: Path, workdir: Path, **env) -> subprocess.Popen:
+    script = workdir / "job.py"
+    script.write_text(JOB)
+    environment = {**os.environ, "JOB_VALUE": "from-the-client", **env}
+    environment.pop(jobserver.CHILD_VAR, None)
+    return subprocess.Popen([sys.executable, "-c", CLIENT, str(script), str(path), "an-arg"], cwd=workdir,
+                            env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_the_job_runs_in_a_forked_child_with_the_clients_streams_folder_environment_and_status(server, tmp_path):
+    path, _ = server
+    work = tmp_path / "work"
+    work.mkdir()
+    out, err = run_client(path, work).communicate(timeout=30)
+    client_pid = int(out.split("client ")[1].split()[0])
+    job_line = next(line for line in out.splitlines() if line.startswith("job "))
+    job_pid, cwd, value, argv = job_line.split(" ", 4)[1:]
+    assert int(job_pid) != client_pid and cwd == str(work) and value == "from-the-client"
+    assert "run in the warm weldfilm job server" in out
+    assert argv.endswith("'an-arg']") and "to stderr" in err
+
+    failing = run_client(path, work, JOB_EXIT="3")
+    failing.communicate(timeout=30)
+    assert failing.returncode == 3
+    raising = run_client(path, work, JOB_RAISE="1")
+    _, err = raising.communicate(timeout=30)
+    assert raising.returncode == 1 and "RuntimeError: the job failed" in err
+
+
+def test_killing_the_client_kills_its_job(server, tmp_path):
+    path, _ = server
+    client = run_client(path, tmp_path, JOB_SLEEP="1")
+    assert wait_for((tmp_path / "job.pid").exists)
+    job_pid = int((tmp_path / "job.pid").read_text())
+    client.send_signal(signal.SIGKILL)
+    client.wait(timeout=10)
+
+    def job_gone():
+        try:
+            os.kill(job_pid, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{job_pid}/stat").is_file() and Path(f"/proc/{job_pid}/stat").read_text().split()[2] == "Z"
+    assert wait_for(job_gone, 10), "the job outlived its client"
+
+
+def test_an_idle_server_exits_and_removes_its_socket(tmp_path):
+    path = tmp_path / "s.sock"
+    process = subprocess.Popen([sys.executable, "-m", "weldfilm.jobserver", "--socket", str(path), "--idle", "0.5",
+                                "--no-preload"])
+    assert process.wait(timeout=30) == 0 and not path.exists()
+
+
+def test_without_a_server_the_job_runs_in_its_own_process(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(jobserver, "start_server", started.append)
+    assert jobserver.run_in_server("job.py", tmp_path / "none.sock") is None
+    assert started == [tmp_path / "none.sock"]  # ... and a server is started for the jobs after it
+
+
+def test_when_the_server_is_used_and_what_keys_it(monkeypatch):
+    monkeypatch.setenv(jobserver.ENABLE_VAR, "1")
+    monkeypatch.delenv(jobserver.CHILD_VAR, raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert jobserver.enabled()
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    assert not jobserver.enabled()  # a SLURM job runs on its own node: no server
+    monkeypatch.delenv("SLURM_JOB_ID")
+    monkeypatch.setenv(jobserver.CHILD_VAR, "1")
+    assert not jobserver.enabled()  # a job inside the server never delegates again
+    monkeypatch.setenv(jobserver.ENABLE_VAR, "0")
+    monkeypatch.delenv(jobserver.CHILD_VAR)
+    assert not jobserver.enabled()
+    key = jobserver.server_key()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if os.environ.get("HF_HUB_OFFLINE") != "1" else "0")
+    assert jobserver.server_key() != key  # the environment the imports saw is part of the key
