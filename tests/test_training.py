@@ -112,6 +112,7 @@ def test_fit_logs_selects_and_uses_ema(tmp_path):
     assert result.best_epoch == best and result.best_metric == pytest.approx(rows[best]["val_auroc"])
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
     assert ckpt["epoch"] == best and ckpt["ema"] is not None
+    assert "optimizer" not in ckpt and "optimizer" in load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     # scoring weights are the EMA ones, not the raw model's
     fresh = DummyHead()
     load_selected_weights(fresh, tmp_path / "checkpoints" / "best.pt")

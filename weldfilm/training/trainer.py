@@ -114,6 +114,9 @@ def set_epoch(loader, epoch: int) -> None:
         dataset = getattr(dataset, "dataset", None)
 
 
+RESUME_ONLY_KEYS = ("optimizer", "scheduler", "scaler", "rng")  # in last.pt, not in best.pt
+
+
 class Trainer:
     """Fits one head; ``prefix`` lets one run dir hold several sub-models (files ``<prefix>best.pt``...)."""
 
@@ -204,8 +207,8 @@ class Trainer:
                               "time_s": round(time.perf_counter() - started, 4)})
             state = self._state(head, ema, optimizer, scheduler, scaler, epoch, tracker, selection,
                                 train_loader, finished, stopped_early)
-            if improved:
-                save_checkpoint(self.best_path, state)
+            if improved:  # what scoring reads: the weights (and EMA) with their epoch's record, no resume state
+                save_checkpoint(self.best_path, {k: v for k, v in state.items() if k not in RESUME_ONLY_KEYS})
             save_checkpoint(self.last_path, state)
             bar.set_postfix(loss=f"{terms['loss']:.4f}", **{selection: f"{metric:.4f}"})
             if stopped_early:
