@@ -150,6 +150,7 @@ def _paint_defects(c: _Canvas, plan, trace, rng, bead: _Bead, plate_colour) -> N
         col = int(np.clip(s * (X0 + p * (X1 - X0)), 0, c.size - 1))
         x, y = float(col), float(bead.centre[col])
         c.paint(_disc(c, x, y, 0.11 * s), (0.25, 0.20, 0.32), shiny=0.0)
+        c.paint(_disc(c, x, y, 0.08 * s), METAL * 1.15, add_height=0.5 * crown, shiny=1.0)  # re-solidified lip
         c.paint(_disc(c, x, y, 0.06 * s), (0.0, 0.0, 0.0), height=-crown)
     if "grooves" in effects:  # undercut: grooves melted into the plate along both bead edges
         edge = np.abs(np.abs(d) - half_x[None, :] - 0.0125 * s) < 0.0125 * s
@@ -175,16 +176,17 @@ def _paint_defects(c: _Canvas, plan, trace, rng, bead: _Bead, plate_colour) -> N
         n = int(rng.integers(35, 61))
         cols = rng.uniform(s * X0, s * X1, n).astype(int)
         offsets = rng.choice([-1, 1], n) * (1.4 * half + rng.uniform(0, 0.22 * s, n))
-        for col, off, radius in zip(cols, offsets, rng.uniform(0.008, 0.02, n) * s):
-            dot = _disc(c, float(col), float(bead.centre[col]) + off, radius)
-            c.paint(dot, (0.22, 0.22, 0.24), add_height=radius * 0.8, shiny=1.0)
+        for col, off, radius in zip(cols, offsets, rng.uniform(0.012, 0.026, n) * s):
+            x, y = float(col), float(bead.centre[col]) + off  # a metal bead with its dark burn mark
+            c.paint(_disc(c, x + 0.4 * radius, y + 0.4 * radius, 1.4 * radius), (0.05, 0.05, 0.05), shiny=0.0)
+            c.paint(_disc(c, x, y, radius), METAL * 1.1, add_height=radius * 1.5, shiny=1.0)
     if "crack" in effects:  # crater at the square bead end with a crack running back into it
         x_end = s * X1
         col = int(min(x_end - half * 0.5, c.size - 1))
         y = float(bead.centre[col])
         c.paint(_disc(c, x_end - 0.6 * half, y, 1.1 * half), (0.28, 0.27, 0.27), add_height=-0.5 * crown)
         mask = np.zeros((c.size, c.size), np.uint8)
-        thickness = max(2, c.size // 100)
+        thickness = max(3, c.size // 80)
         for _ in range(3):
             pts = [(x_end - 0.6 * half, y)]
             for _ in range(7):
