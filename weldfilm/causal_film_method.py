@@ -46,6 +46,8 @@ class CausalFiLMMethod(Method):
         self._backbones = None
         self._cache_key = None
         self._meta: dict | None = None      # dims, text embedding, token shapes (from a cache or the backbones)
+        self._data: dict = {}                # split -> its dataset, opened once per object
+        self._selected = None                # the head with best.pt loaded, once per fit
         self.feature_source: dict[str, str] = {}
 
     # ------------------------------------------------------------------------------ features
@@ -63,6 +65,11 @@ class CausalFiLMMethod(Method):
     def split_data(self, split: str):
         """The split's dataset (FeatureDataset or WeldingDataset), with ``labels`` and ``sample_ids``."""
         split = split.lower()
+        if split not in self._data:
+            self._data[split] = self._open_split(split)
+        return self._data[split]
+
+    def _open_split(self, split: str):
         if self.uses_cache(split):
             if self._cache_key is None:
                 self._cache_key = cache_key(self.cfg)
@@ -109,6 +116,7 @@ class CausalFiLMMethod(Method):
 
     # ------------------------------------------------------------------------------ contract
     def fit(self, resume: bool = False) -> dict:
+        self._selected = None
         train = self.split_data("train")
         keep = normal_only_indices(train.labels, train.sample_ids)
         self.notes.append(f"training subset: {len(keep)} of {len(train)} TRAIN samples are normal (spec 8.3 heuristic)")
@@ -122,11 +130,16 @@ class CausalFiLMMethod(Method):
         self.head_description = head.describe()
         return {**result.to_dict(), "train_samples": len(keep), "head": self.head_description}
 
+    def selected_head(self):
+        """The head with the run's selected weights (``best.pt``), loaded once after each fit."""
+        if self._selected is None:
+            self._selected = self.build_head()
+            load_selected_weights(self._selected, self.run_dir / "checkpoints" / "best.pt")
+        return self._selected
+
     def score(self, split: str) -> pd.DataFrame:
         data = self.split_data(split)
-        head = self.build_head()
-        load_selected_weights(head, self.run_dir / "checkpoints" / "best.pt")
-        out = score_loader(head, self.loader_of(data, train=False), self.device, self.cfg["train"])
+        out = score_loader(self.selected_head(), self.loader_of(data, train=False), self.device, self.cfg["train"])
         return scores_frame(out["sample_id"], out["score"])
 
     def token_shapes(self) -> dict:
