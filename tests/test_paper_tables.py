@@ -65,6 +65,7 @@ def test_per_defect_table_and_nan_class_noted(built):
     fair_cf = values[(values.protocol == "fair") & (values.method == "causal_film")].iloc[0]
     assert fair_cf["burnthrough"] == pytest.approx(0.805 - 0.02)
     assert np.isnan(fair_cf[ABSENT_CLASS])
+    assert fair_cf["burnthrough_std"] >= 0 and fair_cf["all_ci_lo"] < fair_cf["all"] < fair_cf["all_ci_hi"]
     markdown = (out / "per_defect.md").read_text()
     assert "n/a" in markdown and f"{ABSENT_CLASS}: n/a" in markdown
 
@@ -75,6 +76,10 @@ def test_ablation_table_delta_vs_full(built):
     assert list(values.index) == ["full", "no_film", "no_gram"]
     assert values.loc["no_film", "delta_vs_full"] == pytest.approx(-0.10)
     assert values.loc["no_gram", "delta_vs_full"] == pytest.approx(0.02)
+    # fakes: each run's CI is [auroc - 0.05, auroc + 0.04], so the mean CI sits around the mean
+    no_film = values.loc["no_film"]
+    assert no_film["i_auroc_ci_lo"] == pytest.approx(no_film["i_auroc_mean"] - 0.05)
+    assert no_film["i_auroc_ci_hi"] == pytest.approx(no_film["i_auroc_mean"] + 0.04)
     assert "use_film: no" in values.loc["no_film", "overrides"]
     assert "| no_film |" in (out / "ablations.md").read_text()
     assert "-10.0" in (out / "ablations.md").read_text()

@@ -32,6 +32,16 @@ def _metric_stats(metrics: list[dict], key: str) -> SeedStats:
     return SeedStats.of([as_float(m.get(key)) for m in metrics])
 
 
+def _ci_stats(metrics: list[dict]) -> tuple[SeedStats, SeedStats]:
+    """Lower and upper ends of the runs' I-AUROC bootstrap CIs, over seeds."""
+    ends = [m.get("i_auroc_ci95") or [None, None] for m in metrics]
+    return SeedStats.of([as_float(lo) for lo, _ in ends]), SeedStats.of([as_float(hi) for _, hi in ends])
+
+
+def _ci_text(lo: SeedStats, hi: SeedStats) -> str:
+    return NA if lo.n_valid == 0 else f"[{pct(lo.mean)}, {pct(hi.mean)}]"
+
+
 def _note_nan(table: Table, stats: SeedStats, what: str) -> None:
     if stats.n_valid == 0:
         table.note(f"{what}: n/a (undefined in every seed, e.g. a class absent from TEST).")
@@ -58,10 +68,9 @@ def main_table(cfg: dict, reader: ResultsReader) -> Table:
                 shown[f"{name} ({label})"] = pct_mean_std(stats)
                 _note_nan(table, stats, f"{method_label(method)} {name} ({label})")
                 if key == "i_auroc":
-                    lo = SeedStats.of([as_float((m.get("i_auroc_ci95") or [None, None])[0]) for m in metrics])
-                    hi = SeedStats.of([as_float((m.get("i_auroc_ci95") or [None, None])[1]) for m in metrics])
+                    lo, hi = _ci_stats(metrics)
                     num.update({f"{protocol}_i_auroc_ci_lo": lo.mean, f"{protocol}_i_auroc_ci_hi": hi.mean})
-                    shown[f"I-AUROC 95% CI ({label})"] = NA if lo.n_valid == 0 else f"[{pct(lo.mean)}, {pct(hi.mean)}]"
+                    shown[f"I-AUROC 95% CI ({label})"] = _ci_text(lo, hi)
                     _note_nan(table, lo, f"{method_label(method)} I-AUROC CI ({label})")
             num[f"{protocol}_n_seeds"] = len(metrics)
         published = PUBLISHED_CAUSAL_FILM if method == "causal_film" else {}
@@ -80,21 +89,27 @@ def main_table(cfg: dict, reader: ResultsReader) -> Table:
 
 
 def per_defect_table(cfg: dict, reader: ResultsReader) -> Table:
-    """Table 2: I-AUROC of good vs each defect class on TEST, per protocol and method (mean over seeds)."""
+    """Table 2: I-AUROC of good vs each defect class on TEST, per protocol and method (mean ± std over
+    seeds), beside the run's overall I-AUROC with its bootstrap CI."""
     runs = {k: reader.metrics(k) for k in main_runs(cfg)}
     reader.raise_missing("the per-defect table")
-    table = Table("per_defect", "Per-defect-type I-AUROC on TEST (good vs each class; mean over seeds, in %).",
+    table = Table("per_defect", "Per-defect-type I-AUROC on TEST (good vs each class; mean ± std over seeds, in %; "
+                  "'all' = every class, with the mean of the per-seed bootstrap 95 % CIs).",
                   pd.DataFrame(), pd.DataFrame())
     values, display = [], []
     for protocol in PROTOCOLS:
         for method in cfg["methods"]:
-            per_seed = [runs[RunKey(method, int(s), protocol)].get("per_defect_auroc") or {} for s in cfg["seeds"]]
-            num = {"protocol": protocol, "method": method}
-            shown = {"Protocol": PROTOCOL_LABELS[protocol], "Method": method_label(method)}
+            metrics = [runs[RunKey(method, int(s), protocol)] for s in cfg["seeds"]]
+            per_seed = [m.get("per_defect_auroc") or {} for m in metrics]
+            overall, (lo, hi) = _metric_stats(metrics, "i_auroc"), _ci_stats(metrics)
+            num = {"protocol": protocol, "method": method, "all": overall.mean, "all_std": overall.std,
+                   "all_ci_lo": lo.mean, "all_ci_hi": hi.mean}
+            shown = {"Protocol": PROTOCOL_LABELS[protocol], "Method": method_label(method),
+                     "all": f"{pct_mean_std(overall)} {_ci_text(lo, hi)}"}
             for name in DEFECT_CLASSES:
                 stats = SeedStats.of([as_float(d.get(name)) for d in per_seed])
-                num[name] = stats.mean
-                shown[name.replace("_", " ")] = pct(stats.mean)
+                num[name], num[f"{name}_std"] = stats.mean, stats.std
+                shown[name.replace("_", " ")] = pct_mean_std(stats)
                 _note_nan(table, stats, f"{method_label(method)} ({PROTOCOL_LABELS[protocol]}) {name}")
             values.append(num)
             display.append(shown)
@@ -110,16 +125,19 @@ def ablation_table(cfg: dict, reader: ResultsReader) -> Table:
         keys = [k for k in ablation_runs(cfg) if k.ablation == name]
         rows.append((name, format_value(overrides or {}), [reader.metrics(k) for k in keys]))
     reader.raise_missing("the ablation table")
-    table = Table("ablations", "Ablations of Causal-FiLM (fair protocol, TEST I-AUROC mean ± std over seeds in %; "
-                  "Δ = difference of means to the full model, percentage points).", pd.DataFrame(), pd.DataFrame())
+    table = Table("ablations", "Ablations of Causal-FiLM (fair protocol, TEST I-AUROC mean ± std over seeds in %, "
+                  "95 % CI = mean of per-seed bootstrap CIs; Δ = difference of means to the full model, percentage "
+                  "points).", pd.DataFrame(), pd.DataFrame())
     full = _metric_stats(rows[0][2], "i_auroc")
     values, display = [], []
     for name, overrides, metrics in rows:
-        stats = _metric_stats(metrics, "i_auroc")
+        stats, (lo, hi) = _metric_stats(metrics, "i_auroc"), _ci_stats(metrics)
         delta = stats.mean - full.mean
         values.append({"ablation": name, "overrides": overrides, "i_auroc_mean": stats.mean,
-                       "i_auroc_std": stats.std, "delta_vs_full": delta, "n_seeds": stats.n_seeds})
+                       "i_auroc_std": stats.std, "i_auroc_ci_lo": lo.mean, "i_auroc_ci_hi": hi.mean,
+                       "delta_vs_full": delta, "n_seeds": stats.n_seeds})
         display.append({"Ablation": name, "Overrides": overrides, "I-AUROC": pct_mean_std(stats),
+                        "I-AUROC 95% CI": _ci_text(lo, hi),
                         "Δ vs full": "0.0" if name == "full" else signed_points(delta)})
         _note_nan(table, stats, f"ablation {name} I-AUROC")
     if not cfg["ablations"]:
