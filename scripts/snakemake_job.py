@@ -36,11 +36,17 @@ def _redirect_output(log_path: Path):
 
 
 def limit_threads(threads: int) -> None:
-    """Let the job's numeric libraries use exactly the cores Snakemake gave it (set before torch loads)."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
+    """Let the job's numeric libraries use exactly the cores Snakemake gave it: the environment for
+    libraries not loaded yet, and the live pools (torch, BLAS, OpenMP) of those already loaded (in a
+    job server child they were loaded by the server)."""
+    from threadpoolctl import threadpool_limits
+
+    from weldfilm.jobserver import THREAD_VARS
+
+    os.environ.update(dict.fromkeys(THREAD_VARS, str(threads)))
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
+    threadpool_limits(limits=threads)
 
 
 def _hand_to_job_server() -> None:

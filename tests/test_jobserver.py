@@ -30,9 +30,11 @@ if os.environ.get("JOB_RAISE"):
     raise RuntimeError("the job failed")
 sys.exit(int(os.environ.get("JOB_EXIT", "0")))
 """
+# a job process: hands `script` to the server at `socket`; the job sees the remaining arguments
 CLIENT = ("import sys; from pathlib import Path; from weldfilm import jobserver; "
           "print('client', __import__('os').getpid(), flush=True); "
-          "status = jobserver.run_in_server(sys.argv[1], Path(sys.argv[2])); "
+          "script, socket = sys.argv[1:3]; sys.argv = [script, *sys.argv[3:]]; "
+          "status = jobserver.run_in_server(script, Path(socket)); "
           "sys.exit(99 if status is None else status)")
 
 
@@ -76,7 +78,7 @@ def test_the_job_runs_in_a_forked_child_with_the_clients_streams_folder_environm
     job_pid, cwd, value, argv = job_line.split(" ", 4)[1:]
     assert int(job_pid) != client_pid and cwd == str(work) and value == "from-the-client"
     assert "run in the warm weldfilm job server" in out
-    assert argv.endswith("'an-arg']") and "to stderr" in err
+    assert argv == "['an-arg']" and "to stderr" in err
 
     failing = run_client(path, work, JOB_EXIT="3")
     failing.communicate(timeout=30)
@@ -133,3 +135,40 @@ def test_when_the_server_is_used_and_what_keys_it(monkeypatch):
     key = jobserver.server_key()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1" if os.environ.get("HF_HUB_OFFLINE") != "1" else "0")
     assert jobserver.server_key() != key  # the environment the imports saw is part of the key
+
+
+THREADS_JOB = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from threadpoolctl import threadpool_info
+import torch
+before = sorted({pool["num_threads"] for pool in threadpool_info()})
+from snakemake_job import limit_threads
+limit_threads(1)
+print(json.dumps({"before": before, "after": sorted({pool["num_threads"] for pool in threadpool_info()}),
+                  "torch": torch.get_num_threads()}))
+"""
+
+
+def test_jobs_get_the_thread_counts_they_ask_for_whatever_started_the_server(tmp_path):
+    # Snakemake gives a 2-thread job OMP/OPENBLAS/MKL_NUM_THREADS=2; if that job starts the server, the
+    # preloaded pools must still start single-threaded (else BLAS sums differ from a fresh process's),
+    # and each job's own count must reach the live pools
+    path = tmp_path / "s.sock"
+    env = {**os.environ, **dict.fromkeys(jobserver.THREAD_VARS, "2")}
+    server = subprocess.Popen([sys.executable, "-m", "weldfilm.jobserver", "--socket", str(path), "--idle", "30"],
+                              env=env, start_new_session=True)
+    try:
+        assert wait_for(path.exists, 120), "the server did not start listening"
+        script = tmp_path / "threads.py"
+        script.write_text(THREADS_JOB)
+        scripts_dir = str(Path(__file__).resolve().parents[1] / "scripts")
+        client = subprocess.run([sys.executable, "-c", CLIENT, str(script), str(path), scripts_dir], env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert client.returncode == 0, client.stderr
+        import json
+        report = json.loads(client.stdout.strip().splitlines()[-1])
+        assert report == {"before": [1], "after": [1], "torch": 1}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

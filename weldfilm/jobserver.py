@@ -52,6 +52,9 @@ PRELOAD = (
     "transformers.models.dinov3_vit.modeling_dinov3_vit", "transformers.models.vit.modeling_vit",
     "transformers.models.dinov2_with_registers.modeling_dinov2_with_registers", "transformers.models.clip",
 )
+# the thread-count variables Snakemake sets for a job; native pools read them once, when first loaded
+THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 _HEADER = struct.Struct("!I")
 ACCEPTED = b"A"
 
@@ -212,7 +215,10 @@ def _preload() -> None:
     import importlib
     import warnings
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # no thread pools before fork; each job sets its own
+    # Pools start single-threaded, whatever the job that started the server had; each job then sets its
+    # own count (scripts/snakemake_job.limit_threads), so a job's numbers do not depend on which job
+    # happened to start the server (a 2-thread BLAS sums in another order than a 1-thread one).
+    os.environ.update(dict.fromkeys(THREAD_VARS, "1"))
     for name in PRELOAD:
         try:
             with warnings.catch_warnings():
