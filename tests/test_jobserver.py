@@ -47,13 +47,28 @@ def wait_for(condition, seconds: float = 20.0) -> bool:
     return False
 
 
+def start_server(path: Path, *options: str, env=None, seconds: float = 120) -> subprocess.Popen:
+    """A server on ``path``, returned once it says it is listening."""
+    import select
+
+    process = subprocess.Popen([sys.executable, "-m", "weldfilm.jobserver", "--socket", str(path), *options],
+                               stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not select.select([process.stdout], [], [], 1.0)[0]:
+            continue  # still importing
+        line = process.stdout.readline()
+        if "listening on" in line or not line:
+            break
+    assert process.poll() is None and path.exists(), "the server did not start listening"
+    return process
+
+
 @pytest.fixture
 def server(tmp_path):
     """A server without preloading on a socket in tmp_path; stopped after the test."""
     path = tmp_path / "s.sock"
-    process = subprocess.Popen([sys.executable, "-m", "weldfilm.jobserver", "--socket", str(path), "--idle", "30",
-                                "--no-preload"], start_new_session=True)
-    assert wait_for(path.exists), "the server did not start listening"
+    process = start_server(path, "--idle", "30", "--no-preload")
     yield path, process
     process.terminate()
     process.wait(timeout=10)
@@ -156,10 +171,8 @@ def test_jobs_get_the_thread_counts_they_ask_for_whatever_started_the_server(tmp
     # and each job's own count must reach the live pools
     path = tmp_path / "s.sock"
     env = {**os.environ, **dict.fromkeys(jobserver.THREAD_VARS, "2")}
-    server = subprocess.Popen([sys.executable, "-m", "weldfilm.jobserver", "--socket", str(path), "--idle", "30"],
-                              env=env, start_new_session=True)
+    server = start_server(path, "--idle", "30", env=env)
     try:
-        assert wait_for(path.exists, 120), "the server did not start listening"
         script = tmp_path / "threads.py"
         script.write_text(THREADS_JOB)
         scripts_dir = str(Path(__file__).resolve().parents[1] / "scripts")
@@ -172,3 +185,9 @@ def test_jobs_get_the_thread_counts_they_ask_for_whatever_started_the_server(tmp
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_a_socket_path_too_long_for_the_system_means_no_server(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(jobserver, "start_server", started.append)
+    assert jobserver.run_in_server("job.py", tmp_path / ("x" * 120 + ".sock")) is None and started == []

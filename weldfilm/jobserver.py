@@ -57,6 +57,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "M
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 _HEADER = struct.Struct("!I")
 ACCEPTED = b"A"
+MAX_SOCKET_PATH = 100  # bytes; the system limit is 104-108
 
 
 def enabled() -> bool:
@@ -122,6 +123,8 @@ def run_in_server(script: str, path: Path | None = None) -> int | None:
     for the jobs after it). A server that vanishes mid-job is an error (status 1, said on stderr).
     """
     path = path or socket_path()
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        return None  # a Unix socket path this long cannot be bound (a long TMPDIR): no server
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         client.connect(str(path))
@@ -235,12 +238,12 @@ def serve(path: Path, idle_timeout: float = IDLE_TIMEOUT_S, preload: bool = True
         fcntl.flock(lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return  # another server for this key won the race
+    path.unlink(missing_ok=True)  # a socket left by a server that died (we hold the lock)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))  # before the slow preload: a path the system refuses fails at once
     if preload:
         _preload()
-    path.unlink(missing_ok=True)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    listener.listen(64)
+    listener.listen(64)  # until now a client's connect is refused and it runs its job itself
     print(f"{time.strftime('%H:%M:%S')} job server {os.getpid()} listening on {path}", flush=True)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
