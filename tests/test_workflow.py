@@ -165,6 +165,8 @@ def test_full_default_workflow(tmp_path):
                 metrics = json.loads((results / "runs" / protocol / method / f"seed{seed}" / "eval" / "test"
                                       / "metrics.json").read_text())
                 assert 0.0 <= metrics["i_auroc"] <= 1.0 and not math.isnan(metrics["i_auroc"]), (protocol, method)
+    logs = [path.read_text(errors="replace") for path in (results / "logs").rglob("*.log")]
+    assert any("run in the warm weldfilm job server" in text for text in logs)  # workflow.job_server: on
 
 
 def network_can_be_disabled() -> bool:

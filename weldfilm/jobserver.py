@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 ENABLE_VAR = "WELDFILM_JOB_SERVER"
+IDLE_VAR = "WELDFILM_JOB_SERVER_IDLE"  # seconds a server started by a job waits for the next one
 CHILD_VAR = "WELDFILM_JOB_SERVER_CHILD"
 IDLE_TIMEOUT_S = 120.0
 # environment that changes what imported modules decide at import time: part of the server key
@@ -151,8 +152,11 @@ def run_in_server(script: str, path: Path | None = None) -> int | None:
     return 256 - status if status > 255 else status  # > 255: killed by signal (256 + signum) -> -signum
 
 
-def start_server(path: Path, idle_timeout: float = IDLE_TIMEOUT_S) -> None:
-    """Start a server for ``path`` in the background (its own session); a no-op if one is starting."""
+def start_server(path: Path, idle_timeout: float | None = None) -> None:
+    """Start a server for ``path`` in the background (its own session); a no-op if one is starting.
+    ``idle_timeout``: default ``$WELDFILM_JOB_SERVER_IDLE`` or 120 s."""
+    if idle_timeout is None:
+        idle_timeout = float(os.environ.get(IDLE_VAR, IDLE_TIMEOUT_S))
     lock = Path(f"{path}.lock")
     with open(lock, "a") as handle:
         try:
