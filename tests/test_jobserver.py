@@ -191,3 +191,17 @@ def test_a_socket_path_too_long_for_the_system_means_no_server(tmp_path, monkeyp
     started = []
     monkeypatch.setattr(jobserver, "start_server", started.append)
     assert jobserver.run_in_server("job.py", tmp_path / ("x" * 120 + ".sock")) is None and started == []
+
+
+def test_a_server_that_cannot_serve_says_so_once(tmp_path, monkeypatch):
+    path = tmp_path / "s.sock"
+
+    def refuse():
+        raise jobserver.RefusedError("a preloaded module initialised CUDA")
+    monkeypatch.setattr(jobserver, "_preload", refuse)
+    jobserver.serve(path, idle_timeout=1)
+    assert not path.exists() and "CUDA" in Path(f"{path}.refused").read_text()
+    spawned = []
+    monkeypatch.setattr(jobserver.subprocess, "Popen", lambda *a, **k: spawned.append(a))
+    jobserver.start_server(path)
+    assert spawned == []  # jobs run in their own processes; no server is started again and again

@@ -157,6 +157,8 @@ def start_server(path: Path, idle_timeout: float | None = None) -> None:
     ``idle_timeout``: default ``$WELDFILM_JOB_SERVER_IDLE`` or 120 s."""
     if idle_timeout is None:
         idle_timeout = float(os.environ.get(IDLE_VAR, IDLE_TIMEOUT_S))
+    if Path(f"{path}.refused").exists():
+        return  # a server for this key found it cannot serve here (see the file)
     lock = Path(f"{path}.lock")
     with open(lock, "a") as handle:
         try:
@@ -218,6 +220,10 @@ def _run_child(request: dict, fds: list[int]) -> int:
         sys.stderr.flush()
 
 
+class RefusedError(RuntimeError):
+    """This environment cannot host a server; ``<socket>.refused`` keeps jobs from starting another."""
+
+
 def _preload() -> None:
     import importlib
     import warnings
@@ -226,6 +232,8 @@ def _preload() -> None:
     # own count (scripts/snakemake_job.limit_threads), so a job's numbers do not depend on which job
     # happened to start the server (a 2-thread BLAS sums in another order than a 1-thread one).
     os.environ.update(dict.fromkeys(THREAD_VARS, "1"))
+    # torch.cuda.is_available() through NVML, without initialising the CUDA driver before the fork
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     for name in PRELOAD:
         try:
             with warnings.catch_warnings():
@@ -233,6 +241,9 @@ def _preload() -> None:
                 importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - a job that needs it will raise its own error
             print(f"preload {name}: {exc}", flush=True)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        raise RefusedError("a preloaded module initialised CUDA, so forked jobs could not use it")
 
 
 def serve(path: Path, idle_timeout: float = IDLE_TIMEOUT_S, preload: bool = True) -> None:
@@ -246,7 +257,13 @@ def serve(path: Path, idle_timeout: float = IDLE_TIMEOUT_S, preload: bool = True
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))  # before the slow preload: a path the system refuses fails at once
     if preload:
-        _preload()
+        try:
+            _preload()
+        except RefusedError as exc:
+            Path(f"{path}.refused").write_text(f"{exc}\n")
+            print(f"no job server: {exc}", flush=True)
+            path.unlink(missing_ok=True)
+            return
     listener.listen(64)  # until now a client's connect is refused and it runs its job itself
     print(f"{time.strftime('%H:%M:%S')} job server {os.getpid()} listening on {path}", flush=True)
     selector = selectors.DefaultSelector()

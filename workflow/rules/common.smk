@@ -59,8 +59,10 @@ def nvidia_gpu_visible():
 GPU_PER_JOB = {"always": 1, "never": 0, "auto": int(nvidia_gpu_visible())}[CFG["workflow"]["gpu_jobs"]]
 GPU_JOB_THREADS = 2 if GPU_PER_JOB else 1
 # Local jobs hand their work to a warm process that imported torch & co once (weldfilm/jobserver.py);
-# jobs inherit this variable. Off inside SLURM jobs whatever it says.
-os.environ.update(WELDFILM_JOB_SERVER="1" if CFG["workflow"]["job_server"] else "0")
+# jobs inherit this variable. Off inside SLURM jobs whatever it says; `auto`: only for CPU jobs.
+JOB_SERVER = CFG["workflow"]["job_server"]
+JOB_SERVER_ON = GPU_PER_JOB == 0 if JOB_SERVER == "auto" else bool(JOB_SERVER)
+os.environ.update(WELDFILM_JOB_SERVER="1" if JOB_SERVER_ON else "0")
 
 RUN_DIR = os.path.join(RESULTS, "runs", "{protocol}", "{method}", "seed{seed}")
 ABLATION_DIR = os.path.join(RESULTS, "ablations", "{ablation}", "seed{seed}")
