@@ -205,3 +205,10 @@ def test_a_server_that_cannot_serve_says_so_once(tmp_path, monkeypatch):
     monkeypatch.setattr(jobserver.subprocess, "Popen", lambda *a, **k: spawned.append(a))
     jobserver.start_server(path)
     assert spawned == []  # jobs run in their own processes; no server is started again and again
+
+
+def test_no_usable_socket_folder_means_the_job_runs_here(monkeypatch):
+    def unwritable():
+        raise PermissionError("read-only temp dir")
+    monkeypatch.setattr(jobserver, "socket_dir", unwritable)
+    assert jobserver.run_in_server("job.py") is None

@@ -123,7 +123,10 @@ def run_in_server(script: str, path: Path | None = None) -> int | None:
     None when no server accepted the job (then this process runs it itself, and a server is started
     for the jobs after it). A server that vanishes mid-job is an error (status 1, said on stderr).
     """
-    path = path or socket_path()
+    try:
+        path = path or socket_path()
+    except OSError:
+        return None  # no usable folder for the socket (a read-only temp dir): the job runs here
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         return None  # a Unix socket path this long cannot be bound (a long TMPDIR): no server
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -131,7 +134,10 @@ def run_in_server(script: str, path: Path | None = None) -> int | None:
         client.connect(str(path))
     except OSError:
         client.close()
-        start_server(path)
+        try:
+            start_server(path)
+        except OSError:
+            pass  # the server is an optimisation: without it the job simply runs here
         return None
     with client:
         request = json.dumps({"script": script, "argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ)})
