@@ -99,12 +99,11 @@ def socket_path(key: str | None = None) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- client
-def _send_message(sock: socket.socket, payload: bytes, fds=()) -> None:
+def _send_request(sock: socket.socket, payload: bytes, fds) -> None:
+    """Length-prefixed ``payload`` with ``fds`` attached (SCM_RIGHTS); the rest if the first send was short."""
     data = _HEADER.pack(len(payload)) + payload
-    if fds:
-        socket.send_fds(sock, [data], list(fds))
-    else:
-        sock.sendall(data)
+    sent = socket.send_fds(sock, [data], list(fds))
+    sock.sendall(data[sent:])
 
 
 def _receive_exactly(sock: socket.socket, size: int) -> bytes:
@@ -144,7 +143,7 @@ def run_in_server(script: str, path: Path | None = None) -> int | None:
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            _send_message(client, request.encode(), fds=(0, 1, 2))
+            _send_request(client, request.encode(), (0, 1, 2))
             if _receive_exactly(client, len(ACCEPTED)) != ACCEPTED:
                 raise ConnectionError("unexpected answer")
         except (ConnectionError, OSError):

@@ -17,7 +17,7 @@ from weldfilm.baselines.dinomaly_model import DinomalyHead, default_layer_groups
 from weldfilm.baselines.optim import StableAdamW
 from weldfilm.baselines.common import MemoryCachedDataset, fair_selection_split
 from weldfilm.methods import Method, normal_only_subset, scores_frame
-from weldfilm.training import load_selected_weights, move_to_device, score_loader, warmup_cosine_scheduler
+from weldfilm.training import autocast_context, load_selected_weights, move_to_device, warmup_cosine_scheduler
 
 
 class DinomalyTrainable(DinomalyHead):
@@ -56,6 +56,7 @@ class DinomalyMethod(Method):
         self._datasets: dict = {}
         self._encoder = None  # the frozen encoder, loaded once and shared by every head of this object
         self._selected: DinomalyTrainable | None = None  # best.pt loaded, once per fit
+        self._results: dict[str, tuple] = {}  # split -> (scores frame, maps), one pass per fit
 
     def _head(self) -> DinomalyTrainable:
         if self._encoder is None:
@@ -98,7 +99,7 @@ class DinomalyMethod(Method):
                 "run_score": f"{s['run_aggregation']} over the run's images of {image_score}"}
 
     def fit(self, resume: bool = False) -> dict:
-        self._selected = None
+        self._selected, self._results = None, {}
         head = self._head()
         result = self.trainer("", self._train_cfg()).fit(head, self._loader("train", train=True),
                                                         self._loader(self.selection), resume)
@@ -111,18 +112,26 @@ class DinomalyMethod(Method):
             self._selected = head.to(self.device).eval()
         return self._selected
 
-    def score(self, split: str):
-        scored = score_loader(self._selected_head(), self._loader(split), self.device, self.cfg["train"])
-        return scores_frame(scored["sample_id"], scored["score"])
-
     @torch.no_grad()
+    def _evaluate(self, split: str) -> tuple:
+        """Scores and best-image maps of ``split`` from one pass of the selected head (``score`` and
+        ``anomaly_maps`` share it)."""
+        if split not in self._results:
+            head, ids, scores, maps = self._selected_head(), [], [], []
+            for batch in self._loader(split):
+                batch = move_to_device(batch, self.device)
+                with autocast_context(self.device, self.cfg["train"]):
+                    run_scores, best_maps = head.scores_and_maps(batch)
+                ids += batch["sample_id"]
+                scores.append(run_scores.float().cpu())
+                maps.append(best_maps.float().cpu())
+            frame = scores_frame(ids, torch.cat(scores).numpy().astype(np.float64))
+            self._results[split] = (frame, torch.cat(maps).numpy())
+        return self._results[split]
+
+    def score(self, split: str):
+        return self._evaluate(split)[0]
+
     def anomaly_maps(self, split: str) -> np.ndarray:
         """Per run, the map ``(map_size, map_size)`` of its highest-scoring image, in ``score`` order."""
-        head, out = self._selected_head(), []
-        for batch in self._loader(split):
-            maps, run_index = head.anomaly_maps(move_to_device(batch, self.device))
-            per_image = head.image_scores_of(maps)
-            for run in range(len(batch["sample_id"])):
-                mine = (run_index == run).nonzero().flatten()
-                out.append(maps[mine[per_image[mine].argmax()], 0].cpu().numpy())
-        return np.stack(out)
+        return self._evaluate(split)[1]

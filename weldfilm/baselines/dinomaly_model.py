@@ -262,13 +262,21 @@ class DinomalyHead(nn.Module):
         """Image scores of maps ``(M, 1, H, W)`` -> ``(M,)`` (max, or the top-ratio mean)."""
         return image_scores(maps, self.score_top_ratio)
 
-    def anomaly_scores(self, batch: dict) -> torch.Tensor:
-        """A run's score = max (or mean, ``run_aggregation``) over its images' scores -> ``(B,)``."""
+    def scores_and_maps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run scores ``(B,)`` = max (or mean, ``run_aggregation``) over each run's image scores, and
+        each run's map of its highest-scoring image ``(B, map_size, map_size)``, from one forward pass."""
         maps, run_index = self.anomaly_maps(batch)
         per_image = self.image_scores_of(maps)
         runs = torch.zeros(len(batch["num_images"]), dtype=per_image.dtype, device=per_image.device)
-        return runs.scatter_reduce(0, run_index, per_image, reduce=RUN_AGGREGATIONS[self.run_aggregation],
-                                   include_self=False)
+        scores = runs.scatter_reduce(0, run_index, per_image, reduce=RUN_AGGREGATIONS[self.run_aggregation],
+                                     include_self=False)
+        best = [(run_index == run).nonzero().flatten() for run in range(len(runs))]
+        best = torch.stack([mine[per_image[mine].argmax()] for mine in best])
+        return scores, maps[best, 0]
+
+    def anomaly_scores(self, batch: dict) -> torch.Tensor:
+        """A run's score = max (or mean, ``run_aggregation``) over its images' scores -> ``(B,)``."""
+        return self.scores_and_maps(batch)[0]
 
 
 def _to_map(tokens: torch.Tensor, side: int) -> torch.Tensor:
