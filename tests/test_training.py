@@ -204,3 +204,36 @@ def test_prefix_and_own_optimizer(tmp_path):
     assert audio[0]["audio_lr"] == pytest.approx(0.01 / 25)  # OneCycle's initial lr = max_lr / div_factor
     assert (tmp_path / "checkpoints" / "audio_best.pt").is_file() and (tmp_path / "checkpoints" / "video_last.pt").is_file()
     assert not math.isnan(load_checkpoint(tmp_path / "checkpoints" / "video_best.pt")["best_metric"])
+
+
+def test_progress_in_a_log_file_is_plain_lines_with_rate_and_eta(monkeypatch):
+    import io
+
+    from weldfilm.training.progress import progress
+
+    monkeypatch.setenv("WELDFILM_PROGRESS_INTERVAL", "0")
+    log = io.StringIO()  # not a tty, as a job's redirected stderr
+    bar = progress(range(4), "epochs", unit="epoch", stream=log)
+    for _ in bar:
+        bar.set_postfix(loss="0.5")
+    text = log.getvalue()
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    assert lines[0].startswith("epochs:") and "0/4" in lines[0]
+    assert "4/4" in lines[-1] and "epoch/s" in lines[-1] and "<00:00" in lines[-1] and "loss=0.5" in lines[-1]
+    assert len(lines) == len(set(lines))  # the closing redraw is not written twice
+
+
+def test_progress_in_a_log_file_waits_for_the_interval(monkeypatch):
+    import io
+
+    from weldfilm.training.progress import progress
+
+    monkeypatch.setenv("WELDFILM_PROGRESS_INTERVAL", "3600")
+    log = io.StringIO()
+    for _ in progress(range(1000), "batches", stream=log):
+        pass
+    assert len(log.getvalue().splitlines()) == 2  # the start and the final totals only
+    monkeypatch.setenv("WELDFILM_PROGRESS", "0")
+    quiet = io.StringIO()
+    assert list(progress(range(3), "off", stream=quiet)) == [0, 1, 2] and quiet.getvalue() == ""
