@@ -237,3 +237,20 @@ def test_progress_in_a_log_file_waits_for_the_interval(monkeypatch):
     monkeypatch.setenv("WELDFILM_PROGRESS", "0")
     quiet = io.StringIO()
     assert list(progress(range(3), "off", stream=quiet)) == [0, 1, 2] and quiet.getvalue() == ""
+
+
+def test_nested_progress_in_a_log_file_writes_only_when_the_loop_is_long(monkeypatch):
+    import io
+    import time
+
+    from weldfilm.training.progress import progress
+
+    monkeypatch.setenv("WELDFILM_PROGRESS_INTERVAL", "3600")
+    short = io.StringIO()
+    assert list(progress(range(5), "batches", stream=short, nested=True)) == list(range(5))
+    assert short.getvalue() == ""
+    monkeypatch.setenv("WELDFILM_PROGRESS_INTERVAL", "0.05")
+    long = io.StringIO()
+    for _ in progress(range(4), "batches", stream=long, nested=True):
+        time.sleep(0.03)
+    assert long.getvalue().splitlines()[-1].startswith("batches: 100% 4/4")

@@ -75,11 +75,13 @@ def enabled() -> bool:
 
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it",
-             stream=None) -> Iterator[T]:
+             stream=None, nested: bool = False) -> Iterator[T]:
     """``iterable`` with progress on stderr (or ``stream``): rate and ETA; see the module doc.
 
     Returns a tqdm object (iterate it; ``set_postfix`` works); with ``total=None`` it is taken from
-    ``len(iterable)`` where that exists.
+    ``len(iterable)`` where that exists. ``nested=True`` (the batches of one epoch, a validation pass
+    inside a fit): in a log file it writes only once the loop has lasted one interval, so short inner
+    loops add no lines; the outer loop's lines carry the job's progress.
     """
     stream = stream if stream is not None else sys.stderr
     if total is None:
@@ -94,4 +96,4 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: s
                     leave=False, dynamic_ncols=True, disable=not enabled())
     return _LogTqdm(iterable, desc=desc, total=total, unit=unit, file=_LineStream(stream), mininterval=interval,
                     maxinterval=max(interval, 10.0), leave=True, bar_format=LOG_FORMAT if total else None,
-                    disable=not enabled())
+                    delay=interval if nested else 0.0, disable=not enabled())

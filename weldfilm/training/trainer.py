@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from weldfilm.errors import ConfigError, WeldfilmError
 from weldfilm.io import write_text
 from weldfilm.training.checkpoints import load_checkpoint, load_module_state, save_checkpoint
 from weldfilm.training.ema import ModelEMA
+from weldfilm.training.progress import progress
 from weldfilm.training.schedules import default_optimizer
 from weldfilm.training.seeding import capture_rng_state, restore_rng_state, seed_everything
 
@@ -77,16 +76,18 @@ def autocast_context(device: torch.device, train_cfg: dict):
 
 
 @torch.no_grad()
-def score_loader(model: nn.Module, loader, device: torch.device, train_cfg: dict | None = None) -> dict:
+def score_loader(model: nn.Module, loader, device: torch.device, train_cfg: dict | None = None,
+                 desc: str = "score") -> dict:
     """Anomaly scores of every sample of ``loader`` in eval mode: ``{"sample_id", "score", "label"}``.
 
-    ``label`` is None when the batches carry no ``label``; ``sample_id`` is None without ids.
+    ``label`` is None when the batches carry no ``label``; ``sample_id`` is None without ids. A pass
+    that lasts longer than the progress interval shows its rate and ETA in the log (``desc``).
     """
     was_training = model.training
     model.eval()
     scores, labels, ids = [], [], []
     try:
-        for batch in loader:
+        for batch in progress(loader, desc, unit="batch", nested=True):
             batch = move_to_device(batch, device)
             with autocast_context(device, train_cfg or {}):
                 out = model.anomaly_scores(batch)
@@ -183,8 +184,7 @@ class Trainer:
             self._truncate_log(keep_through_epoch=-1)
         stopped_early, epoch = False, start_epoch - 1
         patience = int(self.cfg.get("early_stopping_patience", 0))
-        bar = tqdm(range(start_epoch, epochs), desc=f"train {self.prefix or ''}{self.run_dir.name}".strip(),
-                   file=sys.stderr, disable=None, leave=False)
+        bar = progress(range(start_epoch, epochs), self._desc("train"), total=epochs - start_epoch, unit="epoch")
         for epoch in bar:
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
@@ -222,7 +222,7 @@ class Trainer:
         sums: dict[str, float] = {}
         batches = 0
         clip = float(self.cfg.get("gradient_clip", 0.0) or 0.0)
-        for batch in loader:
+        for batch in progress(loader, self._desc(f"epoch {epoch}"), unit="batch", nested=True):
             batch = move_to_device(batch, self.device)
             with autocast_context(self.device, self.cfg):
                 losses = head.training_losses(batch)
@@ -262,7 +262,7 @@ class Trainer:
             return {"val_loss": self._mean_loss(model, loader)}
         from weldfilm.metrics import image_auroc
 
-        out = score_loader(model, loader, self.device, self.cfg)
+        out = score_loader(model, loader, self.device, self.cfg, desc=self._desc("validate"))
         if out["label"] is None or len(np.unique(out["label"])) < 2:
             raise ConfigError(f"{self.run_dir}: the validation split needs good and defective samples for "
                               "I-AUROC selection; it has only one class (use select_on='loss' or another split)")
@@ -272,7 +272,7 @@ class Trainer:
     def _mean_loss(self, model, loader) -> float:
         model.eval()
         total, batches = 0.0, 0
-        for batch in loader:
+        for batch in progress(loader, self._desc("validate loss"), unit="batch", nested=True):
             with autocast_context(self.device, self.cfg):
                 total += float(model.training_losses(move_to_device(batch, self.device))["loss"])
             batches += 1
@@ -311,6 +311,11 @@ class Trainer:
         return []
 
     # ---------------------------------------------------------------------------------------- log
+    def _desc(self, what: str) -> str:
+        """Progress label: what, the run folder's path below its method (``fair/causal_film/seed0``), sub-model."""
+        parts = self.run_dir.parts[-3:]
+        return " ".join(x for x in (what, "/".join(parts), self._tag()) if x)
+
     def _tag(self) -> str | None:
         return self.prefix.rstrip("_") or None
 
