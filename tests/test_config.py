@@ -101,3 +101,47 @@ def test_every_ablation_resolves():
     cfg = load_config()
     for name in cfg["ablations"]:
         run_config(cfg, "causal_film", 0, ablation=name)
+
+
+def test_profile_paper_shapes_is_the_paper_profile_made_small():
+    raw = yaml.safe_load(open("config.yaml"))
+    paper = prepare({**raw, "profile": "paper"})
+    shapes = prepare({**raw, "profile": "paper_shapes"})
+    default = prepare(raw)
+    for section in ("preprocess", "causal_film", "m3dm"):  # every paper shape carries over
+        assert shapes[section] == paper[section]
+    for section, keys in {"late_fusion": ("audio_sr", "n_fft", "hop_length", "audio_frames", "audio_hidden_channels"),
+                          "dinomaly": ("resize", "crop_size", "layer_groups", "decoder_depth")}.items():
+        assert {k: shapes[section][k] for k in keys} == {k: paper[section][k] for k in keys}
+    assert shapes["data"] == default["data"] and shapes["backbones"] == default["backbones"]  # restored
+    assert list(shapes["ablations"]) == ["mean_views"]
+    assert shapes["ablations"]["mean_views"] == default["ablations"]["mean_views"]
+    assert shapes["seeds"] == [0] and shapes["train"]["epochs"] < paper["train"]["epochs"]
+    assert shapes["methods"] == paper["methods"] and shapes["protocols"] == paper["protocols"]
+
+
+def test_profiles_extend_restore_and_select():
+    raw = {"train": {"epochs": 7}, "ablations": {"a": {"train.lr": 1.0}, "b": None, "c": None},
+           "profiles": {"big": {"train": {"epochs": 50, "lr": 0.5}, "causal_film": {"d_model": 256}},
+                        "bigger": {"extends": "big", "causal_film": {"d_model": 512}},
+                        "small": {"extends": "bigger", "restore": ["train.epochs"], "select": {"ablations": ["c", "a"]}}}}
+    bigger = prepare({**raw, "profile": "bigger"})
+    assert bigger["train"]["epochs"] == 50 and bigger["causal_film"]["d_model"] == 512
+    small = prepare({**raw, "profile": "small"})
+    assert small["train"]["epochs"] == 7  # the config's own value, not big's 50
+    assert small["train"]["lr"] == 0.5 and small["causal_film"]["d_model"] == 512
+    assert small["ablations"] == {"c": None, "a": {"train.lr": 1.0}}
+
+
+@pytest.mark.parametrize("profiles, message", [
+    ({"p": {"extends": "nope"}}, "profile 'p' extends: unknown profile 'nope'"),
+    ({"p": {"extends": "q"}, "q": {"extends": "p"}}, "cycle"),
+    ({"p": {"restore": ["train.nope"]}}, "'profiles.p.restore' names 'train.nope'"),
+    ({"p": {"select": {"ablations": ["nope"]}}}, "'profiles.p.select.ablations': \\['nope'\\]"),
+    ({"p": {"select": {"seeds": ["0"]}}}, "'seeds' is not a mapping"),
+    ({"p": {"extends": 3}}, "config key 'profiles.p.extends'"),
+    ({"p": {"trian": {"epochs": 3}}}, "'trian'"),
+])
+def test_bad_profiles_name_the_key(profiles, message):
+    with pytest.raises(ConfigError, match=message):
+        prepare({"profile": "p", "profiles": profiles})

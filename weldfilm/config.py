@@ -2,8 +2,9 @@
 
 One schema (``workflow/schemas/config.schema.yaml``) serves Snakemake and the CLI: it fills defaults
 and rejects unknown keys or bad values with a message that names the key. ``profile`` selects a
-named block of overrides from ``profiles`` (e.g. ``paper``); ``run_config`` applies a method's
-protocol, an ablation and a seed to give the exact config of one training run.
+named block of overrides from ``profiles`` (e.g. ``paper``; a profile may extend another, see
+``apply_profile``); ``run_config`` applies a method's protocol, an ablation and a seed to give the
+exact config of one training run.
 """
 
 from __future__ import annotations
@@ -139,15 +140,75 @@ def validate(cfg: dict) -> dict:
     return cfg
 
 
+PROFILE_META_KEYS = ("extends", "restore", "select")  # keys of a profile block that are not config overrides
+
+
+def get_dotted(cfg: Mapping, dotted: str, what: str = "config key"):
+    """``cfg['a']['b']`` for ``dotted == 'a.b'``; ConfigError naming the key when the path does not exist."""
+    node = cfg
+    for i, key in enumerate(dotted.split(".")):
+        if not isinstance(node, Mapping) or key not in node:
+            raise ConfigError(f"{what} '{dotted}': '{'.'.join(dotted.split('.')[: i + 1])}' does not exist; "
+                              "see workflow/schemas/config.schema.yaml")
+        node = node[key]
+    return node
+
+
+def profile_chain(name: str, profiles: Mapping) -> list[tuple[str, dict]]:
+    """``[(name, block), ...]`` of a profile and the ones it ``extends``, the most basic first."""
+    chain, current = [], name
+    while current is not None:
+        if current not in profiles:
+            known = ", ".join(["default", *profiles])
+            where = "config key 'profile'" if current == name else f"profile '{chain[0][0]}' extends"
+            raise ConfigError(f"{where}: unknown profile '{current}'; known: {known}")
+        if any(current == seen for seen, _ in chain):
+            cycle = " -> ".join([seen for seen, _ in chain[::-1]] + [current])
+            raise ConfigError(f"config key 'profiles.{name}.extends': the profiles extend each other in a cycle ({cycle})")
+        block = profiles[current] or {}
+        chain.insert(0, (current, block))
+        current = block.get("extends")
+    return chain
+
+
+def apply_profile_block(cfg: dict, base: Mapping, name: str, block: Mapping) -> dict:
+    """One profile block over ``cfg``: ``restore`` its keys to ``base``, merge its overrides, then ``select``."""
+    out = copy.deepcopy(cfg)
+    for dotted in block.get("restore", []) or []:
+        set_dotted(out, dotted, copy.deepcopy(get_dotted(base, dotted, f"config key 'profiles.{name}.restore' names")))
+    out = deep_merge(out, {key: value for key, value in block.items() if key not in PROFILE_META_KEYS})
+    for dotted, names in (block.get("select", {}) or {}).items():
+        entries = get_dotted(out, dotted, f"config key 'profiles.{name}.select' names")
+        if not isinstance(entries, Mapping):
+            raise ConfigError(f"config key 'profiles.{name}.select.{dotted}': '{dotted}' is not a mapping of names")
+        unknown = [entry for entry in names if entry not in entries]
+        if unknown:
+            raise ConfigError(f"config key 'profiles.{name}.select.{dotted}': {unknown} not in '{dotted}' "
+                              f"(known: {', '.join(map(str, entries))})")
+        set_dotted(out, dotted, {entry: copy.deepcopy(entries[entry]) for entry in names})
+    return out
+
+
 def apply_profile(cfg: dict) -> dict:
-    """Merge the block ``profiles[cfg['profile']]`` over the config (profile 'default' changes nothing)."""
+    """The config with the profile ``cfg['profile']`` applied ('default' changes nothing).
+
+    A profile block of ``profiles`` holds nested overrides merged over the config, and three keys of
+    its own, applied in this order for each profile of the chain (the one it ``extends`` first):
+
+    * ``extends: NAME`` -- apply profile NAME (and whatever it extends) first, then this block;
+    * ``restore: [dotted keys]`` -- these keys get back the value the config itself has (config.yaml
+      and ``--config``, before any profile), undoing what an extended profile set, e.g. ``data``;
+    * ``select: {dotted key: [names]}`` -- keep only these entries of a mapping, e.g. a subset of
+      ``ablations``, whose definitions stay where they are.
+    """
     name = cfg.get("profile", "default")
     profiles = cfg.get("profiles", {}) or {}
-    if name == "default":
+    if name == "default" and name not in profiles:
         return cfg
-    if name not in profiles:
-        raise ConfigError(f"config key 'profile': unknown profile '{name}'; known: default, {', '.join(profiles)}")
-    return deep_merge(cfg, profiles[name])
+    out = cfg
+    for block_name, block in profile_chain(name, profiles):
+        out = apply_profile_block(out, cfg, block_name, block)
+    return out
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict:
