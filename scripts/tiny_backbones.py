@@ -4,12 +4,12 @@ from snakemake_job import run_job
 
 
 def job(cfg, snakemake):
-    from weldfilm.models.tiny import write_tiny_backbones
+    from weldfilm.models.tiny import write_backbones
 
     sizes = cfg["preprocess"]
-    write_tiny_backbones(cfg["backbones"]["dir"], cfg["backbones"]["tiny_seed"], frame_size=sizes["frame_size"],
-                         video_frames=sizes["video_frames"], image_size=sizes["image_size"],
-                         mel_bins=sizes["audio_mel_bins"], audio_frames=sizes["audio_frames"])
+    write_backbones(cfg["backbones"]["dir"], "tiny", cfg["backbones"]["tiny_seed"], frame_size=sizes["frame_size"],
+                    video_frames=sizes["video_frames"], image_size=sizes["image_size"],
+                    mel_bins=sizes["audio_mel_bins"], audio_frames=sizes["audio_frames"], progress=False)
 
 
 if __name__ == "__main__":  # not in worker processes that re-import this file (multiprocessing spawn)

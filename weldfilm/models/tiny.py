@@ -1,22 +1,26 @@
-"""Tiny random-init backbones of the paper's model classes, for runs and tests without checkpoints.
+"""Random-init backbones of the paper's model classes, for runs and tests without checkpoints.
 
-``write_tiny_backbones`` saves, with ``save_pretrained``, one directory per backbone below ``out_dir``:
+``write_backbones(out_dir, size)`` saves, with ``save_pretrained``, one directory per backbone below
+``out_dir``; ``size="tiny"`` (``write_tiny_backbones``, the default of ``weldfilm tiny-backbones``) writes
+small stand-ins, ``size="paper"`` (``weldfilm tiny-backbones --size paper``) the published architectures
+(~1.5 B parameters, ~6 GB in fp32). The architectures are data in ``weldfilm.models.sizes``:
 
-| folder | class | stands in for |
-|---|---|---|
-| ``vjepa2`` | ``VJEPA2Model`` (patch 16, tubelet 2, ``crop_size = frame_size``) | facebook/vjepa2-vitl-fpc64-256 |
-| ``ast`` | ``ASTModel`` (patch 16, strides 10, ``max_length x num_mel_bins`` = the dataset mel) | MIT/ast-finetuned-audioset-14-14-0.443 |
-| ``dinov3`` | ``DINOv3ViTModel`` (patch 16, 4 registers, 4 layers -> 5 hidden states) | DINOv3 ViT-H/16+ |
-| ``clip`` | ``CLIPTextModelWithProjection`` + a real CLIP BPE tokenizer | CLIP ViT-B/32 text tower |
-| ``dino_vitb8`` | ``ViTModel`` (patch 8, 224 px) | facebook/dino-vitb8 (M3DM) |
-| ``dinov2_reg`` | ``Dinov2WithRegistersModel`` (patch 14, 4 registers) | dinov2-with-registers-base (Dinomaly) |
+| folder | class | tiny | stands in for (paper size) |
+|---|---|---|---|
+| ``vjepa2`` | ``VJEPA2Model`` | patch 16, tubelet 2, ``crop_size = frame_size`` | facebook/vjepa2-vitl-fpc64-256 |
+| ``ast`` | ``ASTModel`` | patch 16, strides 10, ``max_length x num_mel_bins`` = the dataset mel | MIT/ast-finetuned-audioset-14-14-0.443 |
+| ``dinov3`` | ``DINOv3ViTModel`` | patch 16, 4 registers, 4 layers -> 5 hidden states | DINOv3 ViT-H+/16 |
+| ``clip`` | ``CLIPTextModelWithProjection`` + a real CLIP BPE tokenizer | 2 layers | CLIP ViT-B/32 text tower |
+| ``dino_vitb8`` | ``ViTModel`` | patch 8, 224 px | facebook/dino-vitb8 (M3DM) |
+| ``dinov2_reg`` | ``Dinov2WithRegistersModel`` | patch 14, 4 registers | dinov2-with-registers-base (Dinomaly) |
 
 Each folder also gets the processor JSON the real checkpoint ships (ImageNet mean/std for the
 vision models, AudioSet mean/std for AST), so input normalisation follows the same code path.
 The tokenizer is a byte-level BPE in CLIP's format (lower-casing, ``</w>`` word suffix,
 ``<|startoftext|>``/``<|endoftext|>``), trained offline on a small built-in corpus of welding words;
-the text model's ``vocab_size`` equals its size. Everything is deterministic for a seed, and the
-folder is written to a temporary sibling and renamed into place.
+the text model's ``vocab_size`` equals its size (at paper size the vocabulary is padded with unused
+entries to CLIP's 49408). Everything is deterministic for a seed, and the folder is written to a
+temporary sibling and renamed into place.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
-import torch
+from weldfilm.models.sizes import (BACKBONE_NAMES, CLASS_NAMES, CLIP_MAX_LENGTH, CLIP_VOCAB_SIZE, SIZES,
+                                   build_random_backbone)
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -35,7 +41,6 @@ AUDIOSET_MEAN = -4.2677393  # ASTFeatureExtractor defaults (MIT/ast-finetuned-au
 AUDIOSET_STD = 4.5689974
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
-CLIP_MAX_LENGTH = 77
 # CLIP's pre-tokenizer split pattern (contractions, letter runs, single digits, punctuation runs).
 CLIP_SPLIT_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
@@ -48,8 +53,7 @@ spatter around the weld. warping of the plate. crater cracks at the end of the w
 arc welding with shielding gas, wire feed, welding current and voltage on steel plates.
 fillet weld and butt weld on a plane plate, robot speed, travel speed, heat input.
 """
-TINY_DIRS = ("vjepa2", "ast", "dinov3", "clip", "dino_vitb8", "dinov2_reg")
-_VISION = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64)
+TINY_DIRS = BACKBONE_NAMES
 
 
 def _train_bpe_merges(words: list[tuple[str, ...]], max_merges: int) -> list[tuple[str, str]]:
@@ -88,11 +92,14 @@ def _train_bpe_merges(words: list[tuple[str, ...]], max_merges: int) -> list[tup
     return merges
 
 
-def build_clip_tokenizer(max_merges: int = 256):
+def build_clip_tokenizer(max_merges: int = 256, vocab_size: int | None = None):
     """A CLIP-format byte-level BPE (``tokenizers.Tokenizer``) trained on the built-in corpus.
 
     Vocabulary layout as CLIP's: the 256 byte symbols, the same with ``</w>``, one token per merge,
-    then ``<|startoftext|>`` and ``<|endoftext|>``.
+    then ``<|startoftext|>`` and ``<|endoftext|>``. With ``vocab_size`` (the paper-size text model's
+    49408) the merges are followed by ``<|unused_0|>, <|unused_1|>, ...`` up to ``vocab_size - 2``, so the
+    two special tokens get CLIP's ids (49406, 49407) and ``len(tokenizer) == vocab_size``; no merge produces
+    an unused entry, so text never maps to one (their embedding rows are simply never read).
     """
     from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE
@@ -107,8 +114,14 @@ def build_clip_tokenizer(max_merges: int = 256):
     words = [tuple(piece[:-1]) + (piece[-1] + "</w>",) for piece, _ in pieces]
     merges = _train_bpe_merges(words, max_merges)
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokens = alphabet + [symbol + "</w>" for symbol in alphabet] + [a + b for a, b in merges] + [BOS_TOKEN, EOS_TOKEN]
-    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    tokens = list(dict.fromkeys(alphabet + [symbol + "</w>" for symbol in alphabet] + [a + b for a, b in merges]))
+    if vocab_size is not None:
+        unused = vocab_size - 2 - len(tokens)
+        if unused < 0:
+            raise ValueError(f"a CLIP tokenizer of {vocab_size} tokens cannot hold the {len(tokens) + 2} it needs")
+        tokens += [f"<|unused_{i}|>" for i in range(unused)]
+    tokens += [BOS_TOKEN, EOS_TOKEN]
+    vocab = {token: index for index, token in enumerate(tokens)}
     tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token=EOS_TOKEN, continuing_subword_prefix="",
                               end_of_word_suffix="</w>", fuse_unk=False))
     tokenizer.normalizer = normalizer
@@ -137,67 +150,72 @@ def _image_processor_json(size: int, processor_class: str) -> dict:
             "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD, "size": {"height": size, "width": size}}
 
 
-def _tiny_models(frame_size: int, video_frames: int, image_size: int, mel_bins: int, audio_frames: int,
-                 clip_vocab_size: int, bos_id: int, eos_id: int) -> dict:
-    """folder -> (model class, config, processor file name or None, processor JSON)."""
-    import transformers as tf
-
-    return {
-        "vjepa2": (tf.VJEPA2Model, tf.VJEPA2Config(
-            **{k: v for k, v in _VISION.items() if k != "intermediate_size"}, mlp_ratio=2.0, num_hidden_layers=2,
-            patch_size=16, tubelet_size=2, crop_size=frame_size, frames_per_clip=video_frames,
-            pred_hidden_size=32, pred_num_hidden_layers=1, pred_num_attention_heads=2, pred_mlp_ratio=2.0),
-            "video_preprocessor_config.json",
-            {"video_processor_type": "VJEPA2VideoProcessor", "do_normalize": True, "do_rescale": True,
-             "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD, "crop_size": {"height": frame_size,
-                                                                                   "width": frame_size}}),
-        "ast": (tf.ASTModel, tf.ASTConfig(**_VISION, num_hidden_layers=2, patch_size=16, frequency_stride=10,
-                                          time_stride=10, max_length=audio_frames, num_mel_bins=mel_bins),
-                "preprocessor_config.json",
-                {"feature_extractor_type": "ASTFeatureExtractor", "do_normalize": True, "mean": AUDIOSET_MEAN,
-                 "std": AUDIOSET_STD, "max_length": audio_frames, "num_mel_bins": mel_bins}),
-        "dinov3": (tf.DINOv3ViTModel, tf.DINOv3ViTConfig(**_VISION, num_hidden_layers=4, patch_size=16,
-                                                          image_size=image_size, num_register_tokens=4),
-                   "preprocessor_config.json", _image_processor_json(image_size, "DINOv3ViTImageProcessorFast")),
-        "clip": (tf.CLIPTextModelWithProjection, tf.CLIPTextConfig(
-            **_VISION, num_hidden_layers=2, projection_dim=16, vocab_size=clip_vocab_size,
-            max_position_embeddings=CLIP_MAX_LENGTH, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id),
-            None, None),
-        "dino_vitb8": (tf.ViTModel, tf.ViTConfig(**_VISION, num_hidden_layers=4, patch_size=8, image_size=224),
-                       "preprocessor_config.json", _image_processor_json(224, "ViTImageProcessor")),
-        "dinov2_reg": (tf.Dinov2WithRegistersModel, tf.Dinov2WithRegistersConfig(
-            hidden_size=32, num_attention_heads=2, mlp_ratio=2, num_hidden_layers=4, patch_size=14,
-            image_size=518, num_register_tokens=4),
-            "preprocessor_config.json", _image_processor_json(224, "BitImageProcessor")),
-    }
+def _processor(name: str, config) -> tuple[str | None, dict | None]:
+    """The processor file the real checkpoint ships (name, JSON), from the model's config; None for CLIP."""
+    if name == "vjepa2":
+        crop = {"height": config.crop_size, "width": config.crop_size}
+        return "video_preprocessor_config.json", {
+            "video_processor_type": "VJEPA2VideoProcessor", "do_normalize": True, "do_rescale": True,
+            "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD, "crop_size": crop}
+    if name == "ast":
+        return "preprocessor_config.json", {
+            "feature_extractor_type": "ASTFeatureExtractor", "do_normalize": True, "mean": AUDIOSET_MEAN,
+            "std": AUDIOSET_STD, "max_length": config.max_length, "num_mel_bins": config.num_mel_bins}
+    if name == "dinov3":
+        return "preprocessor_config.json", _image_processor_json(config.image_size, "DINOv3ViTImageProcessorFast")
+    if name == "dino_vitb8":
+        return "preprocessor_config.json", _image_processor_json(224, "ViTImageProcessor")
+    if name == "dinov2_reg":
+        return "preprocessor_config.json", _image_processor_json(224, "BitImageProcessor")
+    return None, None
 
 
-def write_tiny_backbones(out_dir, seed: int = 0, frame_size: int = 64, video_frames: int = 32, image_size: int = 224,
-                         mel_bins: int = 64, audio_frames: int = 256) -> dict:
-    """Write the six tiny backbones below ``out_dir`` (replacing it); return a summary (also saved as summary.json)."""
+def write_backbones(out_dir, size: str = "tiny", seed: int = 0, frame_size: int = 64, video_frames: int = 32,
+                    image_size: int = 224, mel_bins: int = 64, audio_frames: int = 256, progress: bool = True) -> dict:
+    """Write the six random-init backbones of ``size`` (``tiny`` or ``paper``) below ``out_dir`` (replacing it).
+
+    Each folder is what ``save_pretrained`` writes plus the processor JSON the real checkpoint ships and,
+    for CLIP, the tokenizer (padded to 49408 tokens at ``paper`` size, see ``build_clip_tokenizer``); they
+    load through ``weldfilm.models.backbones.load_pretrained`` like the real checkpoints. Architectures are
+    ``weldfilm.models.sizes.CONFIGS[size]``; the preprocessing sizes only shape the ``tiny`` ones (and V-JEPA2's
+    ``crop_size`` at both sizes). Models are built one at a time (a paper-size DINOv3 is 3.4 GB in fp32) in a
+    temporary sibling folder that is renamed into place at the end. Returns a summary (also summary.json).
+    """
+    from tqdm import tqdm
+
+    if size not in SIZES:
+        raise ValueError(f"backbone size {size!r} is not one of {', '.join(SIZES)}")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_clip_tokenizer()
-    models = _tiny_models(frame_size, video_frames, image_size, mel_bins, audio_frames,
-                          clip_vocab_size=tokenizer.get_vocab_size(), bos_id=tokenizer.token_to_id(BOS_TOKEN),
-                          eos_id=tokenizer.token_to_id(EOS_TOKEN))
-    summary = {"seed": seed, "sizes": {"frame_size": frame_size, "video_frames": video_frames,
-                                       "image_size": image_size, "mel_bins": mel_bins, "audio_frames": audio_frames},
-               "backbones": {}}
+    shapes = {"frame_size": frame_size, "video_frames": video_frames, "image_size": image_size, "mel_bins": mel_bins,
+              "audio_frames": audio_frames}
+    tokenizer = build_clip_tokenizer(vocab_size=CLIP_VOCAB_SIZE if size == "paper" else None)
+    clip_ids = {"vocab_size": tokenizer.get_vocab_size(), "bos_token_id": tokenizer.token_to_id(BOS_TOKEN),
+                "eos_token_id": tokenizer.token_to_id(EOS_TOKEN)}
+    summary = {"seed": seed, "size": size, "sizes": shapes, "backbones": {}}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     tmp.chmod(0o755)
     try:
-        for index, (name, (model_class, config, processor_file, processor_json)) in enumerate(models.items()):
-            torch.manual_seed(seed * 1000 + index)
-            model = model_class(config).eval()
+        bar = tqdm(BACKBONE_NAMES, desc=f"{size} backbones", unit="model", disable=not progress)
+        for name in bar:
+            bar.set_postfix_str(name)
+            started = time.perf_counter()
+            model = build_random_backbone(name, size, seed, clip_ids=clip_ids, **shapes)
             target = tmp / name
             model.save_pretrained(target)
+            processor_file, processor_json = _processor(name, model.config)
             if processor_file:
                 _write_json(target / processor_file, processor_json)
             if name == "clip":
                 _save_clip_tokenizer(tokenizer, target)
-            summary["backbones"][name] = {"class": model_class.__name__, "hidden_size": config.hidden_size,
-                                          "parameters": sum(p.numel() for p in model.parameters())}
+            parameters = sum(p.numel() for p in model.parameters())
+            summary["backbones"][name] = {"class": type(model).__name__, "hidden_size": model.config.hidden_size,
+                                          "parameters": parameters}
+            del model
+            if progress:
+                written = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+                bar.write(f"{name}: {CLASS_NAMES[name]}, {parameters / 1e6:.1f} M parameters, "
+                          f"{written / 1e9:.2f} GB in {time.perf_counter() - started:.1f} s")
         _write_json(tmp / "summary.json", summary)
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -208,20 +226,30 @@ def write_tiny_backbones(out_dir, seed: int = 0, frame_size: int = 64, video_fra
     return summary
 
 
+def write_tiny_backbones(out_dir, seed: int = 0, frame_size: int = 64, video_frames: int = 32, image_size: int = 224,
+                         mel_bins: int = 64, audio_frames: int = 256) -> dict:
+    """The tiny backbones (``write_backbones(size="tiny")``, without the progress lines)."""
+    return write_backbones(out_dir, "tiny", seed, frame_size=frame_size, video_frames=video_frames,
+                           image_size=image_size, mel_bins=mel_bins, audio_frames=audio_frames, progress=False)
+
+
 def add_cli_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="folder to write (replaced): DIR/{%s}" % ",".join(TINY_DIRS))
+    parser.add_argument("--size", choices=SIZES, default="tiny",
+                        help="tiny stand-ins (default) or 'paper': the published architectures (~1.5 B parameters, "
+                             "~6 GB in fp32), random-init")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
     parser.add_argument("--frame-size", type=int, default=64, help="video frame size = V-JEPA2 crop_size")
-    parser.add_argument("--video-frames", type=int, default=32, help="frames per clip of V-JEPA2")
-    parser.add_argument("--image-size", type=int, default=224, help="DINOv3 image size")
-    parser.add_argument("--mel-bins", type=int, default=64, help="AST num_mel_bins")
-    parser.add_argument("--audio-frames", type=int, default=256, help="AST max_length (time frames)")
+    parser.add_argument("--video-frames", type=int, default=32, help="frames per clip of V-JEPA2 (tiny only)")
+    parser.add_argument("--image-size", type=int, default=224, help="DINOv3 image size (tiny only)")
+    parser.add_argument("--mel-bins", type=int, default=64, help="AST num_mel_bins (tiny only; paper: 128)")
+    parser.add_argument("--audio-frames", type=int, default=256, help="AST max_length (tiny only; paper: 1024)")
 
 
 def cli(args) -> int:
-    summary = write_tiny_backbones(args.out, seed=args.seed, frame_size=args.frame_size,
-                                   video_frames=args.video_frames, image_size=args.image_size,
-                                   mel_bins=args.mel_bins, audio_frames=args.audio_frames)
+    summary = write_backbones(args.out, getattr(args, "size", "tiny"), seed=args.seed, frame_size=args.frame_size,
+                              video_frames=args.video_frames, image_size=args.image_size, mel_bins=args.mel_bins,
+                              audio_frames=args.audio_frames, progress=getattr(args, "size", "tiny") == "paper")
     for name, info in summary["backbones"].items():
         print(f"{name}: {info['class']} ({info['parameters']} parameters)")
     return 0
