@@ -13,7 +13,10 @@ Ablation switches of ``cfg_causal_film``: ``use_film: false`` keeps the modulato
 so parameter count and sensor input are unchanged) but applies gamma = 1, beta = 0; ``use_sensor: false``
 removes the modulator (no sensor needed) with gamma = 1, beta = 0; ``sensor_encoder: gru``;
 ``process_branch: video_only | audio_only`` (the present modality is tgt and memory; the other is not
-projected); ``result_pooling: mean`` (GeM replaced by mean); ``view_pooling: mean``.
+projected); ``result_pooling: mean`` (GeM replaced by mean); ``view_pooling: mean``. The decoder's
+``decoder_num_layers`` / ``decoder_dropout`` default to the authors' effective 1 / 0.1 (their config's
+2 / 0.2 never reached the model, spec section 5); ``view_padding: include`` pools zero-padded views as
+the authors' code did.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from weldfilm.models.mamba import scan_implementation
 
 MODEL_KEYS = ("d_model", "sensor_hidden_dim", "sensor_encoder", "use_film", "use_sensor", "process_branch",
               "result_pooling", "view_pooling", "top_k_ratio", "projector_hidden", "feature_noise",
-              "feature_mask_ratio", "result_drop_special_tokens", "view_padding")
+              "feature_mask_ratio", "result_drop_special_tokens", "view_padding", "decoder_num_layers",
+              "decoder_dropout")
 
 
 class CausalFiLMModel(nn.Module):
@@ -58,7 +62,7 @@ class CausalFiLMModel(nn.Module):
         self.result_encoder = RobustResultEncoder(
             dims["image"], d, pooling=cfg["result_pooling"], drop_special_tokens=cfg["result_drop_special_tokens"],
             num_special_tokens=dims.get("image_prefix_tokens", 1), hidden_dim=hidden)
-        self.decoder = AntiGenDecoder(d)
+        self.decoder = AntiGenDecoder(d, dropout=cfg["decoder_dropout"], num_layers=cfg["decoder_num_layers"])
 
     def _regularise(self, raw: torch.Tensor) -> torch.Tensor:
         """Train-time Gaussian noise then Bernoulli masking (rescaled by 1/(1-r)) of raw backbone features."""
