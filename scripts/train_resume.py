@@ -3,7 +3,8 @@
 Snakemake re-runs a killed job (``--rerun-incomplete``) but keeps ``checkpoints/*last.pt`` (not
 declared outputs; late fusion keeps one per branch), so training continues where it stopped. ``resume_key.json`` records which run
 config those checkpoints belong to: after a config change the old checkpoints are moved aside to
-``checkpoints.stale/`` (said in the log) and training starts from scratch.
+``checkpoints.stale/`` (said in the log) and training starts from scratch. The hash is
+``weldfilm.run_keys.run_shape_hash`` (what shapes the run), the one the rule's ``config_hash`` param holds.
 """
 
 from __future__ import annotations

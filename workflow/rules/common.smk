@@ -12,6 +12,7 @@ from weldfilm import paper as paper_outputs
 from weldfilm.config import REPO_ROOT, run_config
 from weldfilm.feature_keys import feature_dir_key
 from weldfilm.io import stable_hash
+from weldfilm.run_keys import method_backbones, run_shape_hash
 
 RESULTS = os.path.normpath(CFG["results"])
 LOGS = os.path.join(RESULTS, "logs")
@@ -122,10 +123,6 @@ def section_hash(*sections):
     return stable_hash({name: CFG[name] for name in sections})
 
 
-# sections that say which runs exist, not how one run behaves: changing them re-runs nothing
-BOOKKEEPING_KEYS = ("profile", "profiles", "protocols", "ablations", "seeds", "methods", "results", "workflow")
-
-
 def run_settings(wildcards):
     """Method, seed, protocol and ablation of a train/evaluate job (main run or ablation)."""
     return {
@@ -137,9 +134,9 @@ def run_settings(wildcards):
 
 
 def run_config_hash(wildcards):
-    """Hash of everything that shapes one run's numbers (its run config, bookkeeping left out)."""
-    cfg = cached_run_config(**run_settings(wildcards))
-    return stable_hash({key: value for key, value in cfg.items() if key not in BOOKKEEPING_KEYS})
+    """Hash of what shapes one run (weldfilm.run_keys: its method's sections and the shared ones it
+    reads); the train job's resume check uses the same function."""
+    return run_shape_hash(cached_run_config(**run_settings(wildcards)))
 
 
 def run_dir(wildcards):
@@ -155,9 +152,9 @@ def feature_files(wildcards):
 
 
 def train_inputs(wildcards):
-    """What a run reads: the validated manifest, the backbones and its cached features."""
-    return {"manifest": MANIFEST, "validation": VALIDATION, "backbones": list(BACKBONE_DIRS.values()),
-            "features": feature_files(wildcards)}
+    """What a run reads: the validated manifest, its method's backbones and its cached features."""
+    backbones = [BACKBONE_DIRS[key] for key in method_backbones(run_settings(wildcards)["method"]) if key in BACKBONE_DIRS]
+    return {"manifest": MANIFEST, "validation": VALIDATION, "backbones": backbones, "features": feature_files(wildcards)}
 
 
 def evaluate_inputs(wildcards):

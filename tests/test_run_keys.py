@@ -1,0 +1,92 @@
+"""What shapes a run: a method's setting re-runs (and un-resumes) that method's runs only."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from weldfilm.config import METHODS, SCHEMA_PATH, deep_merge, load_config, prepare, run_config
+from weldfilm.run_keys import METHOD_SECTIONS, NOT_READ_BY_RUNS, SHARED_SECTIONS, run_reads, run_shape_hash
+from test_workflow import TINY_CAUSAL_FILM, make_workdir, run_snakemake
+
+
+def hashes(cfg: dict) -> dict:
+    runs = {method: run_config(cfg, method, 0) for method in METHODS}
+    runs["ablation no_film"] = run_config(cfg, "causal_film", 0, "fair", "no_film")
+    return {name: run_shape_hash(run) for name, run in runs.items()}
+
+
+def changed(overrides: dict) -> set[str]:
+    base = load_config()
+    before, after = hashes(base), hashes(load_config(overrides=overrides))
+    return {name for name in before if before[name] != after[name]}
+
+
+def test_every_config_section_is_classified():
+    sections = set(yaml.safe_load(SCHEMA_PATH.read_text())["properties"]) | {"run"}
+    per_method = {path.partition(".")[0] for paths in METHOD_SECTIONS.values() for path in paths}
+    assert sections == set(SHARED_SECTIONS) | per_method | set(NOT_READ_BY_RUNS)
+    assert set(METHOD_SECTIONS) == set(METHODS)
+    with pytest.raises(KeyError, match="no entry for method 'nope'"):
+        run_reads("nope")
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"dinomaly.decoder_depth": 4}, {"dinomaly"}),
+    ({"late_fusion.audio_epochs": 2}, {"late_fusion"}),
+    ({"m3dm.f_coreset": 0.2}, {"m3dm"}),
+    ({"causal_film.d_model": 32}, {"causal_film", "ablation no_film"}),
+    ({"loss.lambda_gram": 0.5}, {"causal_film", "ablation no_film"}),
+    ({"backbones.dinomaly_encoder": "elsewhere/dinov2_reg"}, {"dinomaly"}),
+    ({"train.epochs": 7}, set(METHODS) | {"ablation no_film"}),          # shared: every run
+    ({"preprocess.num_angles": 4}, set(METHODS) | {"ablation no_film"}),
+    ({"seeds": [0, 5], "workflow.eval_splits": ["test"], "paper.render_pdf": "never"}, set()),  # bookkeeping
+    ({"ablations.no_film": {"causal_film.use_film": False, "loss.lambda_l1": 0.5}}, {"ablation no_film"}),
+])
+def test_a_setting_changes_the_hash_of_the_runs_that_read_it_only(overrides, expected):
+    assert changed(overrides) == expected
+
+
+def test_protocol_overrides_reach_the_methods_that_read_them():
+    base = load_config()
+    cfg = prepare(deep_merge(yaml.safe_load(SCHEMA_PATH.parent.parent.parent.joinpath("config.yaml").read_text()),
+                             {"protocols": {"paper_faithful": {"m3dm.fusion_fit_scores": "leave_one_run_out"}}}))
+    for method in METHODS:
+        same = run_shape_hash(run_config(base, method, 0, "paper_faithful")) == \
+            run_shape_hash(run_config(cfg, method, 0, "paper_faithful"))
+        assert same == (method != "m3dm"), method
+
+
+# --------------------------------------------------------------------------------- the workflow
+TWO_METHODS = deep_merge(TINY_CAUSAL_FILM, {
+    "seeds": [0], "methods": ["late_fusion", "dinomaly"],
+    "late_fusion": {"audio_epochs": 1, "video_epochs": 1}, "dinomaly": {"epochs": 1},
+    "workflow": {"eval_splits": ["test"]},
+})
+RUNS = {method: f"results/runs/fair/{method}/seed0/metadata.json" for method in ("late_fusion", "dinomaly")}
+
+
+def planned_train_jobs(output: str) -> set[str]:
+    """Run folders of the train jobs a dry run would start."""
+    return set(re.findall(r"^\s*output: results/runs/fair/(\w+)/seed0/metadata\.json", output, re.MULTILINE))
+
+
+def test_changing_one_methods_setting_leaves_the_other_methods_runs_untouched(tmp_path):
+    workdir = make_workdir(tmp_path, merge=TWO_METHODS)
+    result = run_snakemake(workdir, "--cores", "2", *RUNS.values())
+    assert result.returncode == 0, result.stdout[-4000:]
+    result = run_snakemake(workdir, "-n", *RUNS.values())
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout, result.stdout[-3000:]
+
+    make_workdir(tmp_path, merge=deep_merge(TWO_METHODS, {"dinomaly": {"decoder_depth": 4}}))
+    result = run_snakemake(workdir, "-n", *RUNS.values())
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert planned_train_jobs(result.stdout) == {"dinomaly"}, result.stdout[-3000:]
+    assert "Params have changed" in result.stdout
+    assert "results/backbones/tiny/dinov2_reg" in result.stdout and "tiny/dinov3" not in result.stdout  # own backbone only
+
+    make_workdir(tmp_path, merge=deep_merge(TWO_METHODS, {"train": {"eval_batch_size": 8}}))  # shared
+    result = run_snakemake(workdir, "-n", *RUNS.values())
+    assert planned_train_jobs(result.stdout) == {"late_fusion", "dinomaly"}, result.stdout[-3000:]

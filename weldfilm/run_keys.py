@@ -1,0 +1,63 @@
+"""Which config sections shape a run, and the hash of them (imports no torch; the Snakefile uses it).
+
+``run_shape_hash(run_cfg)`` decides whether Snakemake re-runs a train / evaluate job (a rule param:
+"Params have changed") and whether a killed job may resume from its ``last.pt``
+(``scripts/train_resume.py``). It covers the run's own method section and the shared sections every
+method reads, nothing else: changing ``dinomaly.layer_groups`` re-runs the Dinomaly runs only.
+
+A run config (``weldfilm.config.run_config``) already has its protocol's and ablation's overrides
+applied, so a protocol or ablation that changes a section a method reads changes that method's hash.
+What reaches a run through files (synthetic data, backbone weights, the manifest) is an input of the
+job; Snakemake follows those by modification time, not through this hash.
+"""
+
+from __future__ import annotations
+
+from weldfilm.io import stable_hash
+
+# Read by every method: the run's identity, the data and its loader (sizes, augmentation), the
+# training loop (baselines merge their own settings over `train` and hand all of it to the Trainer)
+# and the scoring done in the train job.
+SHARED_SECTIONS = ("run", "data", "preprocess", "augment", "train", "evaluation")
+
+# method -> what else it reads; "section.key" names one key of a section shared by several methods
+METHOD_SECTIONS = {
+    "causal_film": ("causal_film", "loss", "backbones.source", "backbones.tiny_seed", "backbones.video",
+                    "backbones.audio", "backbones.image", "backbones.clip"),
+    "late_fusion": ("late_fusion",),
+    "m3dm": ("m3dm", "backbones.source", "backbones.tiny_seed", "backbones.m3dm_rgb"),
+    "dinomaly": ("dinomaly", "backbones.source", "backbones.tiny_seed", "backbones.dinomaly_encoder"),
+}
+
+# Sections no run reads: which runs exist and where they go (the workflow's bookkeeping), how the
+# synthetic data is generated (it reaches runs as files) and how the paper is rendered.
+NOT_READ_BY_RUNS = ("profile", "profiles", "protocols", "ablations", "seeds", "methods", "results", "workflow",
+                    "synthetic", "paper")
+
+
+def run_reads(method: str) -> tuple[str, ...]:
+    """The config sections (or ``section.key``) a run of ``method`` reads."""
+    if method not in METHOD_SECTIONS:
+        raise KeyError(f"run_keys.METHOD_SECTIONS has no entry for method '{method}'; add the sections it reads")
+    return SHARED_SECTIONS + METHOD_SECTIONS[method]
+
+
+def method_backbones(method: str) -> tuple[str, ...]:
+    """The ``backbones.<key>`` folders a run of ``method`` loads (the inputs of its train job)."""
+    return tuple(path.split(".", 1)[1] for path in run_reads(method)
+                 if path.startswith("backbones.") and path not in ("backbones.source", "backbones.tiny_seed"))
+
+
+def run_shape(run_cfg: dict) -> dict:
+    """``{section or section.key: value}`` of everything that shapes the run described by ``run_cfg``."""
+    out = {}
+    for path in run_reads(run_cfg["run"]["method"]):
+        section, _, key = path.partition(".")
+        value = run_cfg.get(section)
+        out[path] = value.get(key) if key and isinstance(value, dict) else value
+    return out
+
+
+def run_shape_hash(run_cfg: dict) -> str:
+    """Hash of ``run_shape(run_cfg)``: the workflow's re-run param and the resume check of a run."""
+    return stable_hash(run_shape(run_cfg))
