@@ -6,10 +6,11 @@ from snakemake_job import run_job
 def job(cfg, snakemake):
     from weldfilm.models.tiny import write_backbones
 
-    sizes = cfg["preprocess"]
-    write_backbones(cfg["backbones"]["dir"], "tiny", cfg["backbones"]["tiny_seed"], frame_size=sizes["frame_size"],
+    sizes, backbones = cfg["preprocess"], cfg["backbones"]
+    write_backbones(backbones["dir"], backbones["tiny_size"], backbones["tiny_seed"], frame_size=sizes["frame_size"],
                     video_frames=sizes["video_frames"], image_size=sizes["image_size"],
-                    mel_bins=sizes["audio_mel_bins"], audio_frames=sizes["audio_frames"], progress=False)
+                    mel_bins=sizes["audio_mel_bins"], audio_frames=sizes["audio_frames"],
+                    progress=backbones["tiny_size"] == "paper")
 
 
 if __name__ == "__main__":  # not in worker processes that re-import this file (multiprocessing spawn)

@@ -4,10 +4,11 @@ from snakemake_job import run_job
 
 
 def job(cfg, snakemake):
+    from weldfilm.config import method_audio_settings
     from weldfilm.data.validate import validate_runs
 
     validate_runs(cfg["data"]["root"], snakemake.input.manifest, snakemake.output[0], cfg["preprocess"],
-                  cfg["data"]["allow_missing_images"])
+                  cfg["data"]["allow_missing_images"], method_audio_settings(cfg))
 
 
 if __name__ == "__main__":  # not in worker processes that re-import this file (multiprocessing spawn)

@@ -185,3 +185,102 @@ def test_cli_validate_fails_with_the_broken_run_listed(tiny_data_root, tmp_path,
     assert rc != 0
     assert subdir in capsys.readouterr().err
     assert (tmp_path / "report.json").is_file()
+
+
+# --- paper shapes (profile paper_shapes): short audio and fewer photos than views --------------------------
+def paper_shapes_config() -> dict:
+    import yaml
+
+    from weldfilm.config import DEFAULT_CONFIG
+
+    return prepare({**yaml.safe_load(DEFAULT_CONFIG.read_text()), "profile": "paper_shapes"})
+
+
+def write_short_flac(path: Path, seconds: float, sr: int = 192000) -> None:
+    import numpy as np
+    import soundfile
+
+    samples = int(seconds * sr)
+    soundfile.write(str(path), 0.1 * np.sin(np.arange(samples) / 20.0), sr, format="FLAC")
+
+
+@pytest.mark.parametrize("reader", ["late_fusion", "preprocess"])
+def test_audio_shorter_than_one_stft_window_is_a_clear_error_at_paper_shapes(reader, tiny_data_root, tmp_path):
+    """A 0.05 s FLAC at 192 kHz has no complete n_fft 16384 window (85 ms), nor a mel window (2048 at 16 kHz):
+    the reader stops with the run, the file and what to do (documented choice: no zero-padded frames)."""
+    from weldfilm.config import method_audio_settings
+
+    cfg = paper_shapes_config()
+    root, subdir, run_id = one_run(tiny_data_root, tmp_path)
+    flac = files(root, subdir, run_id)["flac"]
+    write_short_flac(flac, 0.05)
+    audio = {**cfg["preprocess"], **(method_audio_settings(cfg)[reader] if reader == "late_fusion" else {})}
+    with pytest.raises(DataError, match=rf"run {subdir}: .*{run_id}\.flac: audio is too short: \d+ samples \(0\.050 s\)") as caught:
+        read_audio(subdir, flac, audio["audio_type"], audio["audio_sr"], audio["audio_mel_bins"], audio["audio_frames"],
+                   audio["n_fft"], audio["hop_length"])
+    assert f"n_fft {audio['n_fft']}" in str(caught.value) and "data.exclude_runs" in str(caught.value)
+    # one window long is enough: a 0.1 s clip gives Late Fusion's full (1, 8193, 1024) STFT, zero-padded in time
+    write_short_flac(flac, 0.1)
+    if reader == "late_fusion":
+        spec = read_audio(subdir, flac, "stft", audio["audio_sr"], 64, audio["audio_frames"], audio["n_fft"],
+                          audio["hop_length"])
+        assert spec.shape == (1, audio["n_fft"] // 2 + 1, audio["audio_frames"]) and spec[..., 3:].max() == 0
+
+
+def test_validate_reads_late_fusion_audio_too_and_names_the_short_run(tiny_data_root, tmp_path):
+    from weldfilm.config import method_audio_settings
+    from weldfilm.data.validate import validate_runs
+
+    cfg = paper_shapes_config()
+    root, subdir, run_id = one_run(tiny_data_root, tmp_path)
+    build_manifest(root, tmp_path / "manifest.csv")
+    write_short_flac(files(root, subdir, run_id)["flac"], 0.05)
+    with pytest.raises(DataError, match=rf"1 of 1 run\(s\) are unusable.*\n  run {subdir}: .*\.flac: audio is too short"):
+        validate_runs(root, tmp_path / "manifest.csv", tmp_path / "validation.json", cfg["preprocess"],
+                      method_audio=method_audio_settings(cfg))
+    problems = read_json(tmp_path / "validation.json")["runs"][subdir]["problems"]
+    assert set(problems) == {"audio", "audio (late_fusion)"}  # the mel path and Late Fusion's 192 kHz STFT
+    assert "n_fft 16384" in problems["audio (late_fusion)"]
+    assert method_audio_settings({**cfg, "methods": ["causal_film"]}) == {}  # read only when Late Fusion runs
+
+
+def test_fewer_photos_than_views_at_paper_shapes_is_a_recorded_choice(tiny_data_root, tmp_path):
+    """2 photos for num_angles 5: the reader zero-pads and counts 2, validate records it; Causal-FiLM pools the
+    2 real views (view_padding exclude) or all 5 (include, the authors' code); Dinomaly scores the 2 real
+    photos only; M3DM reads the first photo only. A run without any photo is an error naming the run."""
+    import torch
+
+    from weldfilm.data.validate import validate_runs
+    from weldfilm.models.causal_film import CausalFiLMModel
+    from weldfilm.models.encoders import view_mask
+
+    cfg = paper_shapes_config()
+    pre = cfg["preprocess"]
+    root, subdir, run_id = one_run(tiny_data_root, tmp_path)
+    for photo in sorted(files(root, subdir, run_id)["images"].iterdir())[2:]:
+        photo.unlink()
+    images, count = read_images(subdir, files(root, subdir, run_id)["images"], pre["num_angles"], pre["image_size"])
+    assert images.shape == (pre["num_angles"], 3, pre["image_size"], pre["image_size"]) and count == 2
+    assert images[:2].max() > 0 and images[2:].max() == 0
+    build_manifest(root, tmp_path / "manifest.csv")
+    report = validate_runs(root, tmp_path / "manifest.csv", tmp_path / "validation.json", pre)
+    assert report["runs"][subdir]["notes"] == [f"2 post-weld image(s), fewer than num_angles={pre['num_angles']} "
+                                               "(zero-padded)"]
+
+    # Causal-FiLM at the paper's d_model on paper-shaped DINOv3 tokens (5 views x 201 tokens)
+    torch.manual_seed(0)
+    dims = {"video": 32, "audio": 32, "image": 32, "clip": None, "image_prefix_tokens": 5}
+    features = {"video_tokens": torch.randn(2, 256, 32), "audio_tokens": torch.randn(2, 659, 32),
+                "image_tokens": torch.randn(2, pre["num_angles"], 2, 201, 32), "num_images": torch.tensor([2, 5]),
+                "sensor": torch.randn(2, pre["sensor_length"], 6), "sample_id": [subdir, "other"]}
+    changed = {**features, "image_tokens": features["image_tokens"].clone()}
+    changed["image_tokens"][0, 2:] += 5.0  # what the padded views of the 2-photo run hold
+    for padding, padded_views_matter in (("exclude", False), ("include", True)):
+        model = CausalFiLMModel({**cfg["causal_film"], "view_padding": padding}, dims).eval()
+        with torch.no_grad():
+            first, second = model.anomaly_scores(features), model.anomaly_scores(changed)
+        assert torch.isfinite(first).all()
+        assert bool(torch.isclose(first[0], second[0])) is not padded_views_matter
+        assert torch.isclose(first[1], second[1])  # the 5-photo run is untouched
+    with pytest.raises(DataError, match=rf"\['{subdir}'\] have no post-weld image.*data\.exclude_runs"):
+        view_mask(torch.tensor([0, 5]), pre["num_angles"], [subdir, "other"])

@@ -258,3 +258,17 @@ def validate_run(cfg: dict) -> dict:
     cfg = validate(cfg)
     cfg["run"] = run
     return cfg
+
+
+def method_audio_settings(cfg: dict) -> dict[str, dict]:
+    """Audio read settings of the configured methods that decode audio their own way (Late Fusion's STFT).
+
+    ``preprocess`` (Causal-FiLM's mel) is always checked; these are checked too, so that a recording too
+    short for Late Fusion's n_fft 16384 at 192 kHz stops the workflow at ``validate``, not in a training job.
+    """
+    out = {}
+    if "late_fusion" in cfg.get("methods", ()):
+        s = cfg["late_fusion"]
+        out["late_fusion"] = {"audio_type": "stft", "audio_sr": s["audio_sr"], "n_fft": s["n_fft"],
+                              "hop_length": s["hop_length"], "audio_frames": s["audio_frames"]}
+    return out

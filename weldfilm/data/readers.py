@@ -262,7 +262,23 @@ def read_audio(run_id: str, path, audio_type: str = "mel", audio_sr: int = 16000
     """
     needed = None if full_decode else samples_needed(audio_frames, n_fft, hop_length)
     waveform = load_waveform(run_id, path, audio_sr, needed)
+    check_audio_length(run_id, path, waveform, audio_sr, n_fft)
     return audio_features(waveform, audio_sr, audio_type, audio_mel_bins, audio_frames, n_fft, hop_length)
+
+
+def check_audio_length(run_id: str, path, waveform: np.ndarray, sr: int, n_fft: int) -> None:
+    """Raise when the recording is shorter than one STFT window (``n_fft`` samples at ``sr``).
+
+    Such a clip has no complete analysis window: librosa (``center=True``) would only warn and zero-pad it
+    into a frame or two that are mostly padding, and crop/pad would make the rest silence. A weld lasts
+    seconds, so a recording this short is broken (at Late Fusion's 192 kHz / n_fft 16384 the limit is
+    85 ms; at the mel path's 16 kHz / 2048, 128 ms). Longer recordings that are shorter than
+    ``audio_frames`` frames are padded as the paper does (see ``audio_features``).
+    """
+    if len(waveform) < n_fft:
+        raise data_error(run_id, path, f"audio is too short: {len(waveform)} samples ({len(waveform) / sr:.3f} s) at "
+                         f"{sr} Hz, shorter than one STFT window (n_fft {n_fft} = {n_fft / sr:.3f} s)",
+                         "restore the full recording or list the run in data.exclude_runs")
 
 
 def read_sensor_table(run_id: str, path) -> np.ndarray:

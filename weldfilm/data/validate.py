@@ -21,8 +21,13 @@ DEFAULT_PREPROCESS = {"video_frames": 32, "frame_size": 64, "image_size": 224, "
                       "sensor_length": 256, "sensor_channels": 6}
 
 
-def check_run(data_root, subdir: str, preprocess: dict, allow_missing_images: bool = False) -> dict:
-    """``{"problems": {modality: message}, "notes": [...], "num_images": k}`` for one run."""
+def check_run(data_root, subdir: str, preprocess: dict, allow_missing_images: bool = False,
+              method_audio: dict | None = None) -> dict:
+    """``{"problems": {modality: message}, "notes": [...], "num_images": k}`` for one run.
+
+    ``method_audio``: name -> audio settings (``weldfilm.config.method_audio_settings``) read besides
+    ``preprocess``'s.
+    """
     run = run_ref(subdir)
     folder = Path(data_root) / run.subdir
     if not folder.is_dir():
@@ -38,6 +43,11 @@ def check_run(data_root, subdir: str, preprocess: dict, allow_missing_images: bo
         "images": lambda: readers.read_images(run.subdir, files["images"], max(p["num_angles"], num_images),
                                               p["image_size"], allow_missing_images),
     }
+    for name, audio in (method_audio or {}).items():
+        settings = {**p, **audio}
+        checks[f"audio ({name})"] = lambda a=settings: readers.read_audio(
+            run.subdir, files["flac"], a["audio_type"], a["audio_sr"], a["audio_mel_bins"], a["audio_frames"],
+            a["n_fft"], a["hop_length"])
     problems = {}
     for modality, check in checks.items():
         try:
@@ -51,13 +61,16 @@ def check_run(data_root, subdir: str, preprocess: dict, allow_missing_images: bo
 
 
 def validate_runs(data_root, manifest_csv, out_json, preprocess: dict | None = None,
-                  allow_missing_images: bool = False) -> dict:
-    """Check every run of ``manifest_csv``; write ``out_json``; raise DataError if any run is unusable."""
+                  allow_missing_images: bool = False, method_audio: dict | None = None) -> dict:
+    """Check every run of ``manifest_csv``; write ``out_json``; raise DataError if any run is unusable.
+
+    ``method_audio``: extra audio settings to read every run with (``weldfilm.config.method_audio_settings``).
+    """
     sizes = {**DEFAULT_PREPROCESS, **{k: v for k, v in (preprocess or {}).items() if k in PREPROCESS_KEYS}}
     table = read_manifest(manifest_csv)
     runs, bad = {}, []
     for subdir in table["SUBDIRS"]:
-        result = check_run(data_root, subdir, sizes, allow_missing_images)
+        result = check_run(data_root, subdir, sizes, allow_missing_images, method_audio)
         if result["problems"] or result["notes"]:
             runs[subdir] = result
         if result["problems"]:
@@ -66,6 +79,7 @@ def validate_runs(data_root, manifest_csv, out_json, preprocess: dict | None = N
         "data_root": str(data_root),
         "manifest": str(manifest_csv),
         "preprocess": sizes,
+        "method_audio": method_audio or {},
         "allow_missing_images": allow_missing_images,
         "n_runs": int(len(table)),
         "n_unusable": len(bad),
@@ -92,9 +106,10 @@ def add_cli_arguments(parser) -> None:
 
 
 def cli(args) -> int:
-    from weldfilm.config import load_config
+    from weldfilm.config import load_config, method_audio_settings
 
-    preprocess = load_config(args.config)["preprocess"] if args.config else None
-    report = validate_runs(args.data_root, args.manifest, args.out, preprocess, args.allow_missing_images)
+    cfg = load_config(args.config) if args.config else None
+    report = validate_runs(args.data_root, args.manifest, args.out, cfg["preprocess"] if cfg else None,
+                           args.allow_missing_images, method_audio_settings(cfg) if cfg else None)
     print(f"wrote {args.out}: all {report['n_runs']} runs usable")
     return 0

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from weldfilm import paper as paper_outputs
-from weldfilm.config import REPO_ROOT, run_config
+from weldfilm.config import REPO_ROOT, method_audio_settings, run_config
 from weldfilm.feature_keys import feature_dir_key
 from weldfilm.io import stable_hash
 from weldfilm.run_keys import method_backbones, run_shape_hash

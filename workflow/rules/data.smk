@@ -51,6 +51,7 @@ rule validate:
         report(VALIDATION, caption="../report/validation.rst", category="Data"),
     params:
         config_hash=section_hash("data", "preprocess"),
+        method_audio=stable_hash(method_audio_settings(CFG)),  # Late Fusion's STFT settings are read too
     log:
         log_path("validate"),
     threads: 2
