@@ -155,3 +155,28 @@ def test_in_memory_builder_gives_the_written_weights(tmp_path):
     built = build_random_backbone("dinov3", "tiny", seed=3, image_size=64).state_dict()
     assert torch.equal(rng_before, torch.random.get_rng_state())  # the global RNG is left alone
     assert written.keys() == built.keys() and all(torch.equal(written[k], built[k]) for k in written)
+
+
+def test_paper_shapes_size_has_the_paper_depth_and_geometry_at_tiny_width():
+    for name in ("vjepa2", "ast", "dinov3", "dino_vitb8", "dinov2_reg"):
+        config = build_config(name, "paper_shapes", frame_size=64)
+        published = PUBLISHED[name]
+        assert config.hidden_size == 32 and config.num_hidden_layers == published["num_hidden_layers"], name
+        assert config.patch_size == published["patch_size"], name
+        if name in TOKENS:
+            image_size = {"dinov3": 224, "dino_vitb8": 224, "dinov2_reg": 392}.get(name)
+            assert token_count(name, config, frame_size=64, video_frames=32, image_size=image_size) == TOKENS[name]
+
+
+def test_gpu_check_without_cuda_measures_nothing_and_exits_0(monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main(["--device", "cuda"]) == 0
+    assert "no CUDA device here" in capsys.readouterr().out
+    assert gpu_check.main(["--device", "cpu"]) == 2  # the paper-size models on a CPU need --quick
