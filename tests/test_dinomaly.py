@@ -1,5 +1,7 @@
-"""Dinomaly baseline: linear attention, hard mining, StableAdamW, maps and scores, a tiny end-to-end run."""
+"""Dinomaly baseline: linear attention, hard mining, StableAdamW, noisy bottleneck, init, tokens, map blur,
+maps and scores, the paper profile's numbers, a tiny end-to-end run."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -7,8 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from weldfilm.baselines.dinomaly_model import (DinomalyHead, LinearAttention, anomaly_map, default_layer_groups,
-                                               elu_feature_map, global_cosine_hard_mining, image_scores)
+from weldfilm.baselines.dinomaly_model import (DEFAULT_RUN_AGGREGATION, BottleneckMLP, DinomalyHead, LinearAttention,
+                                               anomaly_map, default_layer_groups, elu_feature_map,
+                                               global_cosine_hard_mining, image_scores)
+from weldfilm.baselines.maps import gaussian_blur, gaussian_kernel_1d
 from weldfilm.baselines.optim import StableAdamW
 from weldfilm.errors import ConfigError, DataError
 
@@ -117,11 +121,12 @@ def test_head_shapes_state_dict_and_run_scores():
         maps, _ = head.anomaly_maps(batch)
         scores = head.anomaly_scores(batch)
     per_image = maps.flatten(1).amax(dim=1)
-    assert torch.allclose(scores, torch.stack([per_image[:2].max(), per_image[2], per_image[3:].max()]))
-    head.run_aggregation = "mean"
+    assert head.run_aggregation == "mean"  # the constructor's default
+    assert torch.allclose(scores, torch.stack([per_image[:2].mean(), per_image[2], per_image[3:].mean()]))
+    head.run_aggregation = "max"
     with torch.no_grad():
-        mean_scores = head.anomaly_scores(batch)
-    assert torch.allclose(mean_scores, torch.stack([per_image[:2].mean(), per_image[2], per_image[3:].mean()]))
+        max_scores = head.anomaly_scores(batch)
+    assert torch.allclose(max_scores, torch.stack([per_image[:2].max(), per_image[2], per_image[3:].max()]))
     state = head.state_dict()
     assert not any(key.startswith("encoder.") for key in state) and "train_steps" in state
     DinomalyHead(tiny_encoder(), [[1], [2]], 2, crop_size=16).load_state_dict(state)  # strict, encoder excluded
@@ -136,10 +141,167 @@ def test_head_rejects_bad_settings_and_runs_without_images():
         DinomalyHead(tiny_encoder(), [[1], [7]], 2, crop_size=16)
     with pytest.raises(ConfigError, match="run_aggregation"):
         DinomalyHead(tiny_encoder(), [[1], [2]], 2, crop_size=16, run_aggregation="median")
+    with pytest.raises(ConfigError, match="blur_kernel_size"):
+        DinomalyHead(tiny_encoder(), [[1], [2]], 2, crop_size=16, blur_kernel_size=4)
+    with pytest.raises(ConfigError, match="blur_padding"):
+        DinomalyHead(tiny_encoder(), [[1], [2]], 2, crop_size=16, blur_padding="wrap")
     head = DinomalyHead(tiny_encoder(), [[1], [2]], 2, crop_size=16)
     with pytest.raises(DataError, match="run-b"):
         head.images_of({"post_weld_images": torch.rand(2, 2, 3, 16, 16), "num_images": torch.tensor([1, 0]),
                         "sample_id": ["run-a", "run-b"]})
+
+
+def test_bottleneck_drops_its_input_features_first():
+    bottleneck = BottleneckMLP(dim=8, hidden=32, dropout=0.5)
+    kinds = [type(m) for m in bottleneck.net]
+    assert kinds == [torch.nn.Dropout, torch.nn.Linear, torch.nn.GELU, torch.nn.Dropout, torch.nn.Linear,
+                     torch.nn.Dropout]  # upstream bMlp: drop -> fc1 -> act -> drop -> fc2 -> drop
+    assert all(m.p == 0.5 for m in bottleneck.net if isinstance(m, torch.nn.Dropout))
+    assert (bottleneck.net[1].in_features, bottleneck.net[1].out_features) == (8, 32)
+    assert (bottleneck.net[4].in_features, bottleneck.net[4].out_features) == (32, 8)
+    seen = []
+    bottleneck.net[1].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach()))
+    x = torch.ones(4, 50, 8)
+    torch.manual_seed(0)
+    bottleneck.train()
+    bottleneck(x)
+    first_linear_input = seen[-1]
+    assert (first_linear_input == 0).any()  # the input features themselves are dropped ...
+    assert torch.allclose(first_linear_input[first_linear_input != 0], torch.tensor(2.0))  # ... and rescaled
+    assert not torch.equal(bottleneck(x), bottleneck(x))  # noisy in training
+    bottleneck.eval()
+    out = bottleneck(x)
+    assert torch.equal(seen[-1], x) and torch.equal(out, bottleneck(x))  # no dropout at all in eval
+
+
+def test_trainable_weights_start_from_a_truncated_normal_with_std_001():
+    encoder = tiny_encoder()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    torch.manual_seed(0)
+    head = DinomalyHead(encoder, [[1], [2]], decoder_depth=2, crop_size=16)
+    linears = [m for part in (head.bottleneck, head.decoder) for m in part.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 2 + 2 * 4  # bottleneck fc1, fc2; per decoder block qkv, proj, mlp fc1, fc2
+    weights = torch.cat([m.weight.flatten() for m in linears])
+    assert weights.abs().max() <= 0.03 + 1e-7  # truncated at +-3 std (upstream a=-0.03, b=0.03)
+    assert weights.std().item() == pytest.approx(0.01 * 0.9866, rel=0.08)  # std of N(0, 0.01) cut at 3 std
+    assert abs(weights.mean().item()) < 1e-3
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in linears)
+    norms = [m for m in head.decoder.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(torch.equal(m.weight, torch.ones_like(m.weight)) and m.eps == 1e-8 for m in norms)
+    assert all(torch.equal(before[k], v) for k, v in head.encoder.state_dict().items())  # encoder untouched
+
+
+def test_prefix_tokens_go_through_the_decoder_and_are_dropped_from_the_maps():
+    encoder = tiny_encoder()
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        hidden = encoder(pixel_values=images, output_hidden_states=True).hidden_states
+    prefix = 1 + encoder.config.num_register_tokens  # CLS + 4 registers
+    expected = [torch.stack([hidden[2][:, prefix:]]).mean(0), torch.stack([hidden[3][:, prefix:]]).mean(0)]
+    for keep, tokens in ((True, prefix + 16), (False, 16)):
+        torch.manual_seed(0)
+        head = DinomalyHead(encoder, [[1], [2]], decoder_depth=2, crop_size=16, decode_prefix_tokens=keep).eval()
+        seen = []
+        head.bottleneck.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape))
+        head.decoder[-1].register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+        with torch.no_grad():
+            encoder_maps, decoder_maps = head(images)
+        assert seen == [(2, tokens, 16), (2, tokens, 16)]
+        for got, want in zip(encoder_maps, expected):  # maps hold the patch tokens only, in raster order
+            assert got.shape == (2, 16, 4, 4) and torch.allclose(got, want.transpose(1, 2).reshape(2, 16, 4, 4))
+        assert [m.shape for m in decoder_maps] == [(2, 16, 4, 4)] * 2
+        if keep:
+            kept = decoder_maps
+    assert not torch.allclose(kept[0], decoder_maps[0])  # the prefix tokens take part in linear attention
+
+
+def test_dinomaly_blur_is_a_5x5_gaussian_with_sigma_4_and_zero_padding():
+    # hand computation of upstream get_gaussian_kernel(5, 4): exp(-d^2 / 32) for d = -2..2, normalised
+    taps = [math.exp(-4 / 32), math.exp(-1 / 32), 1.0, math.exp(-1 / 32), math.exp(-4 / 32)]
+    taps = [t / sum(taps) for t in taps]
+    assert [round(t, 5) for t in taps] == [0.18763, 0.20607, 0.21261, 0.20607, 0.18763]
+    assert torch.allclose(gaussian_kernel_1d(4.0, 5, torch.float64), torch.tensor(taps, dtype=torch.float64))
+    impulse = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
+    impulse[0, 0, 4, 4] = 1.0
+    blurred = gaussian_blur(impulse, 4.0, kernel_size=5, padding="zeros")
+    kernel_2d = torch.tensor(taps, dtype=torch.float64).outer(torch.tensor(taps, dtype=torch.float64))
+    assert blurred.shape == impulse.shape and torch.allclose(blurred[0, 0, 2:7, 2:7], kernel_2d)
+    assert blurred[0, 0, :2].abs().max() == 0 and blurred[0, 0, 2:7, 2:7].sum().item() == pytest.approx(1.0)
+    ones = gaussian_blur(torch.ones(1, 1, 8, 8, dtype=torch.float64), 4.0, kernel_size=5, padding="zeros")
+    assert ones[0, 0, 4, 4].item() == pytest.approx(1.0)
+    assert ones[0, 0, 0, 0].item() == pytest.approx(sum(taps[2:]) ** 2)  # zero padding: 0.6063^2 at a corner
+    with pytest.raises(ValueError, match="odd"):
+        gaussian_blur(impulse, 4.0, kernel_size=4)
+    # the head's default and the map function's default are Dinomaly's
+    encoder_maps = [torch.randn(1, 3, 4, 4)]
+    decoder_maps = [torch.randn(1, 3, 4, 4)]
+    raw = anomaly_map(encoder_maps, decoder_maps, size=16, sigma=0.0)
+    assert torch.allclose(anomaly_map(encoder_maps, decoder_maps, size=16, sigma=4.0),
+                          gaussian_blur(raw, 4.0, kernel_size=5, padding="zeros"))
+    head = DinomalyHead(tiny_encoder(), [[1], [2]], 2, crop_size=16)
+    assert (head.blur_kernel_size, head.blur_sigma, head.blur_padding) == (5, 4.0, "zeros")
+
+
+def test_m3dm_blur_keeps_its_radius_3_sigma_reflect_kernel():
+    torch.manual_seed(0)
+    maps = torch.rand(2, 1, 32, 32)
+    assert torch.allclose(gaussian_blur(maps, 4.0), gaussian_blur(maps, 4.0, kernel_size=25, padding="reflect"))
+
+
+def _schema_dinomaly():
+    import yaml
+
+    from weldfilm.config import DEFAULT_CONFIG
+
+    schema = yaml.safe_load((DEFAULT_CONFIG.parent / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    return schema["properties"]["dinomaly"]["properties"]
+
+
+def test_run_aggregation_default_agrees_in_schema_constructor_and_docs():
+    import inspect
+
+    default = _schema_dinomaly()["run_aggregation"]["default"]
+    assert default == DEFAULT_RUN_AGGREGATION == "mean"
+    assert inspect.signature(DinomalyHead).parameters["run_aggregation"].default == default
+    for text in (DinomalyHead.__doc__, DinomalyHead.anomaly_scores.__doc__, DinomalyHead.scores_and_maps.__doc__):
+        assert f"{default} (" in text  # "the mean (``run_aggregation`` default ...)", "mean (or max, ...)"
+    schema = _schema_dinomaly()
+    assert (schema["blur_kernel_size"]["default"], schema["blur_sigma"]["default"],
+            schema["blur_padding"]["default"], schema["dropout"]["default"],
+            schema["decode_prefix_tokens"]["default"]) == (5, 4.0, "zeros", 0.2, True)
+
+
+def test_paper_profile_pins_the_papers_dinomaly_numbers():
+    import yaml
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    from weldfilm.config import DEFAULT_CONFIG, prepare
+
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw["profile"] = "paper"
+    section = prepare(raw)["dinomaly"]
+    assert section["layer_groups"] == [[2, 3, 4, 5], [6, 7, 8, 9]] == default_layer_groups(12)
+    assert (section["resize"], section["crop_size"], section["decoder_depth"], section["bottleneck_ratio"]) == (
+        448, 392, 8, 4.0)
+    assert (section["dropout"], section["blur_kernel_size"], section["blur_sigma"], section["blur_padding"]) == (
+        0.2, 5, 4.0, "zeros")
+    assert (section["lr"], section["final_lr"], section["weight_decay"], section["eps"], section["warmup_iters"],
+            section["gradient_clip"], section["hard_ratio"], section["hard_ramp_iters"], section["easy_factor"],
+            section["map_size"], section["score_top_ratio"]) == (
+        2e-3, 2e-4, 1e-4, 1e-10, 100, 0.1, 0.9, 1000, 0.1, 256, 0.0)
+    assert section["decode_prefix_tokens"] is True
+    # a 12-block encoder of ViT-B's depth and heads (narrow, to stay fast): the head the paper profile builds
+    base = Dinov2WithRegistersConfig()  # transformers' default: dinov2-with-registers-base's width and depth
+    assert (base.hidden_size, base.num_hidden_layers, base.num_attention_heads, base.num_register_tokens) == (
+        768, 12, 12, 4)
+    config = Dinov2WithRegistersConfig(hidden_size=48, num_hidden_layers=12, num_attention_heads=12, patch_size=14,
+                                       image_size=28, num_register_tokens=4)
+    head = DinomalyHead(Dinov2WithRegistersModel(config), section["layer_groups"], section["decoder_depth"],
+                        crop_size=28, dropout=section["dropout"], bottleneck_ratio=section["bottleneck_ratio"])
+    assert head.target_layers == list(range(2, 10)) and len(head.encoder.encoder.layer) == 10
+    assert len(head.decoder) == 8 and [type(m) for m in head.bottleneck.net][0] is torch.nn.Dropout
+    assert (head.bottleneck.net[1].in_features, head.bottleneck.net[1].out_features) == (48, 4 * 48)
+    assert section["crop_size"] % 14 == 0 and section["crop_size"] // 14 == 28  # ViT-B/14: a 28 x 28 patch grid
 
 
 @pytest.fixture
@@ -181,6 +343,8 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(dinomaly_run):
     assert table["score"].nunique() > 1 and 0.0 <= metrics["i_auroc"] <= 1.0
 
     assert described["run_score"].startswith("mean over the run's images")  # the default run_aggregation
+    assert any(note.startswith("run score = mean") for note in described["notes"])
+    assert any("selected by VAL" in note for note in described["notes"])
     fresh = DinomalyMethod(make(), run_dir, torch.device("cpu"))
     maps = fresh.anomaly_maps("test")  # per run: the map of its highest-scoring image
     assert maps.shape == (len(table), 16, 16)

@@ -1,9 +1,13 @@
 """Dinomaly baseline (paper section 10.4.3): pure modules and functions, no fitting code.
 
-Frozen DINOv2-with-registers encoder -> middle blocks fused into groups -> noisy bottleneck MLP ->
-decoder of linear-attention blocks -> reconstruct each group's encoder features. Training loss =
-global cosine distance per group with hard mining; anomaly map = 1 - cosine per patch; image score =
-max pixel; run score = max or mean over the run's images (the authors scored single images).
+Frozen DINOv2-with-registers encoder -> middle blocks fused (averaged) -> noisy bottleneck MLP
+(dropout on its input first) -> decoder of linear-attention blocks -> reconstruct each group's
+encoder features. CLS and register tokens pass through the bottleneck and decoder and are dropped
+only when the feature maps are built (upstream ``ViTill``, ``remove_class_token=False``). Trainable
+weights start from a truncated normal (std 0.01, cut at +-0.03; biases 0), as upstream. Training loss
+= global cosine distance per group with hard mining; anomaly map = 1 - cosine per patch, blurred by a
+5 x 5 Gaussian (sigma 4, zero padding: upstream ``get_gaussian_kernel``); image score = max pixel;
+run score = mean (default) or max over the run's images (the authors scored single images).
 """
 
 from __future__ import annotations
@@ -14,12 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weldfilm.baselines.maps import gaussian_blur  # separable, radius 3 sigma, reflect padding
+from weldfilm.baselines.maps import BLUR_PADDINGS, gaussian_blur
 from weldfilm.errors import ConfigError, DataError
 from weldfilm.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from weldfilm.training.precision import as_fp32, backbone_autocast
 
 
 RUN_AGGREGATIONS = {"max": "amax", "mean": "mean"}  # config name -> scatter_reduce reduction over a run's images
+DEFAULT_RUN_AGGREGATION = "mean"  # why: schema dinomaly.run_aggregation
+INIT_STD = 0.01  # upstream: trunc_normal_(std=0.01, a=-0.03, b=0.03) on every trainable Linear weight
+INIT_BOUND = 0.03
 
 
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -65,15 +73,29 @@ class DecoderBlock(nn.Module):
 
 
 class BottleneckMLP(nn.Module):
-    """The noisy bottleneck: Linear(dim -> hidden) -> GELU -> Dropout -> Linear(hidden -> dim) -> Dropout."""
+    """The noisy bottleneck (upstream ``bMlp``): Dropout on the *input* features first, then
+    Linear(dim -> hidden) -> GELU -> Dropout -> Linear(hidden -> dim) -> Dropout (one rate for all three)."""
 
     def __init__(self, dim: int, hidden: int, dropout: float):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim),
-                                 nn.Dropout(dropout))
+        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, dim), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def init_trainable_(module: nn.Module, std: float = INIT_STD, bound: float = INIT_BOUND) -> None:
+    """Upstream's init of the bottleneck and decoder: every Linear weight from a normal (std ``std``)
+    truncated to ``[-bound, bound]``, Linear biases 0, LayerNorm weight 1 and bias 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, mean=0.0, std=std, a=-bound, b=bound)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def default_layer_groups(num_layers: int) -> list[list[int]]:
@@ -135,11 +157,12 @@ def global_cosine_hard_mining(encoder_maps: Sequence[torch.Tensor], decoder_maps
 
 
 def anomaly_map(encoder_maps: Sequence[torch.Tensor], decoder_maps: Sequence[torch.Tensor], size: int,
-                sigma: float) -> torch.Tensor:
-    """``1 - cos`` per patch and group, bilinearly upsampled to ``size``, averaged, blurred: ``(B, 1, size, size)``."""
+                sigma: float, kernel_size: int | None = 5, padding: str = "zeros") -> torch.Tensor:
+    """``1 - cos`` per patch and group, bilinearly upsampled to ``size``, averaged, blurred by a
+    ``kernel_size`` Gaussian of ``sigma`` (Dinomaly: 5 x 5, sigma 4, zero padding): ``(B, 1, size, size)``."""
     maps = [F.interpolate(1 - F.cosine_similarity(e, d, dim=1).unsqueeze(1), size=(size, size), mode="bilinear",
                           align_corners=False) for e, d in zip(encoder_maps, decoder_maps, strict=True)]
-    return gaussian_blur(torch.stack(maps).mean(dim=0), sigma)
+    return gaussian_blur(torch.stack(maps).mean(dim=0), sigma, kernel_size, padding)
 
 
 def image_scores(maps: torch.Tensor, top_ratio: float = 0.0) -> torch.Tensor:
@@ -156,18 +179,27 @@ class DinomalyHead(nn.Module):
 
     Batches are run batches of ``collate_batch``: ``post_weld_images (B, N, 3, R, R)`` in [0, 1]
     (already resized to R) and ``num_images (B,)``; every real image is one sample, centre-cropped
-    to ``crop_size`` and ImageNet-normalised here. A run's score is the max over its images. The
-    encoder's weights are not part of ``state_dict`` (it is frozen and loaded from its directory).
+    to ``crop_size`` and ImageNet-normalised here. A run's score is the mean (``run_aggregation``
+    default; or the max) over its images' scores. With ``decode_prefix_tokens`` (upstream) the CLS
+    and register tokens go through the bottleneck and decoder; without, they are dropped before the
+    bottleneck. The encoder's weights are not part of ``state_dict`` (it is frozen and loaded from
+    its directory).
     """
 
     def __init__(self, encoder: nn.Module, layer_groups: Sequence[Sequence[int]], decoder_depth: int,
                  crop_size: int, dropout: float = 0.2, bottleneck_ratio: float = 4.0, map_size: int = 256,
                  blur_sigma: float = 4.0, score_top_ratio: float = 0.0, hard_ratio: float = 0.9,
-                 hard_ramp_steps: int = 1000, easy_factor: float = 0.1, run_aggregation: str = "max"):
+                 hard_ramp_steps: int = 1000, easy_factor: float = 0.1,
+                 run_aggregation: str = DEFAULT_RUN_AGGREGATION, blur_kernel_size: int | None = 5,
+                 blur_padding: str = "zeros", decode_prefix_tokens: bool = True):
         super().__init__()
         if run_aggregation not in RUN_AGGREGATIONS:
             raise ConfigError(f"dinomaly.run_aggregation must be one of {sorted(RUN_AGGREGATIONS)}, "
                               f"got {run_aggregation!r}")
+        if blur_kernel_size is not None and (blur_kernel_size < 1 or blur_kernel_size % 2 == 0):
+            raise ConfigError(f"dinomaly.blur_kernel_size must be a positive odd number or null, got {blur_kernel_size}")
+        if blur_padding not in BLUR_PADDINGS:
+            raise ConfigError(f"dinomaly.blur_padding must be one of {list(BLUR_PADDINGS)}, got {blur_padding!r}")
         config = encoder.config
         self.layer_groups = [list(map(int, group)) for group in layer_groups]
         layers = sorted({layer for group in self.layer_groups for layer in group})
@@ -188,9 +220,13 @@ class DinomalyHead(nn.Module):
         dim, heads = config.hidden_size, config.num_attention_heads
         self.prefix_tokens = 1 + int(getattr(config, "num_register_tokens", 0))
         self.target_layers = layers
+        self.decode_prefix_tokens = bool(decode_prefix_tokens)
         self.bottleneck = BottleneckMLP(dim, int(dim * bottleneck_ratio), dropout)
         self.decoder = nn.ModuleList(DecoderBlock(dim, heads) for _ in range(decoder_depth))
+        init_trainable_(self.bottleneck)
+        init_trainable_(self.decoder)
         self.crop_size, self.map_size, self.blur_sigma = crop_size, map_size, blur_sigma
+        self.blur_kernel_size, self.blur_padding = blur_kernel_size, blur_padding
         self.score_top_ratio, self.hard_ratio, self.easy_factor = score_top_ratio, hard_ratio, easy_factor
         self.hard_ramp_steps, self.run_aggregation = hard_ramp_steps, run_aggregation
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
@@ -221,10 +257,16 @@ class DinomalyHead(nn.Module):
         return (crop - self.mean) / self.std, run_index
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Normalised images -> (encoder maps, decoder maps), one ``(M, dim, h, w)`` map per group."""
-        with torch.no_grad():
+        """Normalised images -> (encoder maps, decoder maps), one ``(M, dim, h, w)`` map per group.
+
+        The fused encoder tokens (mean of the target blocks) go through the bottleneck and decoder,
+        with the CLS and register tokens when ``decode_prefix_tokens``; the maps hold patch tokens only.
+        """
+        with torch.no_grad(), backbone_autocast(images.device):  # train.backbone_precision (bf16 on CUDA when set)
             hidden = self.encoder(pixel_values=images, output_hidden_states=True).hidden_states
-        blocks = {layer: hidden[layer + 1][:, self.prefix_tokens:] for layer in self.target_layers}
+        hidden = tuple(as_fp32(state) for state in hidden)
+        skip = 0 if self.decode_prefix_tokens else self.prefix_tokens
+        blocks = {layer: hidden[layer + 1][:, skip:] for layer in self.target_layers}
         x = self.bottleneck(torch.stack(list(blocks.values())).mean(dim=0))
         decoded = []
         for block in self.decoder:
@@ -236,7 +278,9 @@ class DinomalyHead(nn.Module):
         decoder_maps = [torch.stack(decoded[g * per_group:(g + 1) * per_group]).mean(dim=0)
                         for g in range(len(self.layer_groups))]
         side = images.shape[-1] // self.encoder.config.patch_size
-        return [_to_map(t, side) for t in encoder_maps], [_to_map(t, side) for t in decoder_maps]
+        patches = self.prefix_tokens - skip  # prefix tokens still in the sequence
+        return ([_to_map(t[:, patches:], side) for t in encoder_maps],
+                [_to_map(t[:, patches:], side) for t in decoder_maps])
 
     def current_hard_ratio(self) -> float:
         """Hard-mining ratio, ramped linearly from 0 to ``hard_ratio`` over ``hard_ramp_steps`` steps."""
@@ -256,14 +300,15 @@ class DinomalyHead(nn.Module):
         """Per-image anomaly maps ``(M, 1, map_size, map_size)`` and each image's run index ``(M,)``."""
         images, run_index = self.images_of(batch)
         encoder_maps, decoder_maps = self(images)
-        return anomaly_map(encoder_maps, decoder_maps, self.map_size, self.blur_sigma), run_index
+        return anomaly_map(encoder_maps, decoder_maps, self.map_size, self.blur_sigma, self.blur_kernel_size,
+                           self.blur_padding), run_index
 
     def image_scores_of(self, maps: torch.Tensor) -> torch.Tensor:
         """Image scores of maps ``(M, 1, H, W)`` -> ``(M,)`` (max, or the top-ratio mean)."""
         return image_scores(maps, self.score_top_ratio)
 
     def scores_and_maps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run scores ``(B,)`` = max (or mean, ``run_aggregation``) over each run's image scores, and
+        """Run scores ``(B,)`` = mean (or max, ``run_aggregation``) over each run's image scores, and
         each run's map of its highest-scoring image ``(B, map_size, map_size)``, from one forward pass."""
         maps, run_index = self.anomaly_maps(batch)
         per_image = self.image_scores_of(maps)
@@ -275,7 +320,7 @@ class DinomalyHead(nn.Module):
         return scores, maps[best, 0]
 
     def anomaly_scores(self, batch: dict) -> torch.Tensor:
-        """A run's score = max (or mean, ``run_aggregation``) over its images' scores -> ``(B,)``."""
+        """A run's score = mean (or max, ``run_aggregation``) over its images' scores -> ``(B,)``."""
         return self.scores_and_maps(batch)[0]
 
 
