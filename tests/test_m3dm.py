@@ -9,7 +9,7 @@ import torch
 from weldfilm.baselines.m3dm_bank import DecisionFuser, PatchBank, distance_maps, reweighted_score
 from weldfilm.baselines.maps import gaussian_blur
 from weldfilm.baselines.m3dm_coreset import coreset_indices, farthest_point_sample, greedy_farthest_selection
-from weldfilm.baselines.m3dm_point import (PointTransformer, features_on_patch_grid, knn_group,
+from weldfilm.baselines.m3dm_point import (PointTransformer, features_on_patch_grid, interpolate_to_points, knn_group,
                                            load_point_mae_checkpoint, pseudo_point_cloud)
 from weldfilm.errors import BackboneError, ConfigError
 
@@ -76,11 +76,31 @@ def test_point_transformer_features_and_patch_projection():
         features, centres = model(points)
     assert features.shape == (2, 12, 32) and model.out_dim == 32 and centres.shape == (2, 12, 3)
     grid = features_on_patch_grid(cloud, centres, features, (4, 4))
-    assert grid.shape == (2, 32, 4, 4)
-    # every patch carries exactly one group's feature
+    assert grid.shape == (2, 32, 4, 4) and features_on_patch_grid(cloud, centres, features, (7, 7)).shape == (2, 32, 7, 7)
+    # M3DM's pipeline by hand: features on every point, 3 x 3 average pool (stride 1, 32 -> 30), then 30 -> 4 x 4
+    dense = interpolate_to_points(points, centres, features).transpose(1, 2).reshape(2, 32, 32, 32)
+    by_hand = torch.nn.functional.adaptive_avg_pool2d(torch.nn.functional.avg_pool2d(dense, 3, stride=1), (4, 4))
+    assert torch.allclose(grid, by_hand, atol=1e-6)
+    # a patch is a mean over many points, no longer one group's feature (the old nearest-centre rule)
     flat = grid.flatten(2).transpose(1, 2)
-    for b in range(2):
-        assert all(any(torch.equal(row, f) for f in features[b]) for row in flat[b])
+    assert not any(torch.allclose(flat[0, 5], f) for f in features[0])
+
+
+def test_interpolation_onto_points_uses_inverse_squared_distances_of_the_three_nearest_centres():
+    centres = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [9.0, 9.0, 9.0]]])
+    features = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [2.0, 2.0], [100.0, 100.0]]])
+    point = torch.tensor([[[0.5, 0.5, 0.0]]])  # squared distances 0.5, 0.5, 2.5 (and far from the 4th)
+    weights = torch.tensor([1 / 0.5, 1 / 0.5, 1 / 2.5])
+    expected = (weights[:, None] * features[0, :3]).sum(0) / weights.sum()
+    assert torch.allclose(interpolate_to_points(point, centres, features)[0, 0], expected, atol=1e-5)
+    # a point on a centre takes that centre's feature; chunking does not change anything
+    many = torch.rand(1, 50, 3)
+    on_centre = torch.cat([centres, many], 1)
+    out = interpolate_to_points(on_centre, centres, features)
+    assert torch.allclose(out[0, :4], features[0], atol=1e-4)
+    assert torch.allclose(interpolate_to_points(on_centre, centres, features, chunk=7), out)
+    # one centre: every point gets its feature
+    assert torch.allclose(interpolate_to_points(many, centres[:, :1], features[:, :1]), features[:, :1].expand(1, 50, 2))
 
 
 def test_point_mae_checkpoint_loads_strictly(tmp_path):
@@ -151,8 +171,7 @@ def test_distance_maps_upsample_and_blur():
     assert torch.allclose(gaussian_blur(torch.ones(1, 1, 8, 8), 1.5), torch.ones(1, 1, 8, 8))
 
 
-@pytest.fixture
-def m3dm_run(tiny_config, tmp_path):
+def tiny_m3dm_config(tiny_config, protocol: str = "fair") -> dict:
     """A run config of M3DM on the tiny synthetic set (manifest + tiny backbones written here)."""
     from pathlib import Path
 
@@ -162,12 +181,17 @@ def m3dm_run(tiny_config, tmp_path):
 
     build_manifest(tiny_config["data"]["root"], Path(tiny_config["results"]) / "data" / "manifest.csv")
     write_tiny_backbones(tiny_config["backbones"]["dir"], seed=0)
-    cfg = run_config(tiny_config, "m3dm", seed=0)
+    cfg = run_config(tiny_config, "m3dm", seed=0, protocol=protocol)
     cfg["evaluation"]["bootstrap"] = 10
     cfg["m3dm"].update(image_size=64, cloud_size=32, point_trans_dim=16, point_depth=2, point_heads=2,
                        point_group_size=8, point_num_groups=16, point_taps=[0, 1], f_coreset=0.25,
                        map_size=16, blur_sigma=1.0)
-    return cfg, tmp_path / "run"
+    return cfg
+
+
+@pytest.fixture
+def m3dm_run(tiny_config, tmp_path):
+    return tiny_m3dm_config(tiny_config), tmp_path / "run"
 
 
 def test_train_and_evaluate_on_the_tiny_synthetic_set(m3dm_run):
@@ -184,8 +208,12 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(m3dm_run):
     described, summary = metadata["describe"], metadata["fit"]
     assert metadata["selection_split"] is None and described["method_name"] == "DINO+Point_MAE"
     assert "random-init" in described["point_backbone"] and described["augmentation"] is False
-    assert metadata["token_shapes"] == {"rgb_tokens": [65, 32], "point_groups": [16, 32], "patch_grid": [8, 8]}
+    assert metadata["token_shapes"] == {"rgb_tokens": [65, 32], "point_groups": [16, 32], "patch_grid": [8, 8],
+                                        "point_patch_grid": [8, 8]}
     assert summary["patch_grid"] == [8, 8] and summary["feature_dims"] == {"point": 32, "rgb": 32}
+    assert summary["patches_per_run"] == {"point": 64, "rgb": 64}
+    assert summary["seg_fuser_rows"] == summary["train_runs"] * 16 * 16  # the 16 x 16 maps, as applied
+    assert "interpolate" in described["point_to_patch"] and "blur" in described["seg_fuser_fit"]
     assert summary["fusion_fit_scores"] == "leave_one_run_out"
     banks = load_file(str(run_dir / "checkpoints" / "m3dm_banks.safetensors"))
     assert banks["rgb.patches"].shape == (summary["coreset"]["rgb"]["selected"], 32)
@@ -217,6 +245,8 @@ def test_leave_one_run_out_hides_the_runs_own_bank_entries(m3dm_run):
     run0 = {key: bank.patches[bank.sources == 0] * bank.std + bank.mean for key, bank in method.banks.items()}
     in_sample_scores, in_sample_distances = method._sample_scores(run0)
     left_out_scores, left_out_distances = method._sample_scores(run0, exclude_run=0)
+    in_sample_distances, left_out_distances = (torch.stack([d[k] for k in ("point", "rgb")])
+                                               for d in (in_sample_distances, left_out_distances))
     assert torch.allclose(in_sample_distances, torch.zeros_like(in_sample_distances), atol=1e-2)
     assert np.allclose(in_sample_scores, 0, atol=1e-2)  # the authors' in-sample fit sees zero distances
     assert (left_out_distances.sum(dim=1) > 0).all() and (left_out_scores > 0).all()
@@ -240,3 +270,98 @@ def test_feature_extractor_aligns_rgb_and_point_patches_and_optional_final_norm(
     assert torch.allclose(vit.layernorm(raw), rgb, atol=1e-5) and not torch.allclose(raw, rgb)
     with pytest.raises(ConfigError, match="multiple of the RGB patch size"):
         M3DMFeatures(vit, point, image_size=30)
+
+
+@pytest.mark.parametrize("protocol", ["fair", "paper_faithful"])
+def test_leak_guard_banks_and_fusers_see_only_good_train_runs(tiny_config, tmp_path, monkeypatch, protocol):
+    """Every sample that reaches a memory bank or a fuser is a good TRAIN run (spy + recorded provenance).
+
+    ``paper_faithful`` sets ``m3dm.fusion_fit_scores: in_sample`` (the authors' runner): the fusers are
+    fitted on the same good TRAIN runs, scored with their own patches left in the bank; no other
+    split is read either way.
+    """
+    from pathlib import Path
+
+    from weldfilm.baselines import m3dm
+    from weldfilm.data.manifest import read_manifest
+    from weldfilm.io import read_json
+
+    cfg = tiny_m3dm_config(tiny_config, protocol)
+    cfg["m3dm"]["max_train_samples"] = 4
+    manifest = read_manifest(Path(cfg["results"]) / "data" / "manifest.csv")
+    good_train = manifest[(manifest["SPLIT"].str.upper() == "TRAIN") & (manifest["CLASS_CODE"].astype(int) == 0)]
+    expected = good_train["SUBDIRS"].tolist()[:4]
+    assert len(good_train) > 4  # the limit is what cuts the list here
+
+    loaded, bank_rows, fuser_rows = [], [], []
+    original_batches, original_build, original_fit = (m3dm.M3DMMethod._batches, m3dm.PatchBank.build.__func__,
+                                                      m3dm.DecisionFuser.fit)
+
+    def spy_batches(self, split, *args, **kwargs):
+        for ids, rgb, point in original_batches(self, split, *args, **kwargs):
+            loaded.append((split, list(ids)))
+            yield ids, rgb, point
+
+    def spy_build(cls, patches, sources, *args, **kwargs):
+        bank_rows.append((patches.shape[0], sorted(set(sources.tolist()))))
+        return original_build(cls, patches, sources, *args, **kwargs)
+
+    def spy_fit(self, features):
+        fuser_rows.append(len(features))
+        return original_fit(self, features)
+
+    monkeypatch.setattr(m3dm.M3DMMethod, "_batches", spy_batches)
+    monkeypatch.setattr(m3dm.PatchBank, "build", classmethod(spy_build))
+    monkeypatch.setattr(m3dm.DecisionFuser, "fit", spy_fit)
+    method = m3dm.M3DMMethod(cfg, tmp_path / "run", torch.device("cpu"))
+    summary = method.fit()
+
+    assert {split for split, _ in loaded} == {"train"}
+    assert [sid for _, ids in loaded for sid in ids] == expected
+    # the banks hold the patches of exactly these runs (sources index the loaded runs)
+    assert bank_rows == [(4 * 64, [0, 1, 2, 3])] * 2
+    # the detect fuser: one row per loaded run; the seg fuser: one row per map pixel of those runs
+    assert fuser_rows == [4, 4 * 16 * 16]
+    recorded = read_json(tmp_path / "run" / "checkpoints" / "m3dm_fusion.json", "fusion file")["provenance"]
+    assert recorded["bank_sample_ids"] == recorded["fuser_sample_ids"] == expected and recorded["split"] == "train"
+    fit_scores = "in_sample" if protocol == "paper_faithful" else "leave_one_run_out"
+    assert summary["fusion_fit_scores"] == recorded["fusion_fit_scores"] == fit_scores
+    assert set(expected) <= set(good_train["SUBDIRS"])
+
+
+def test_paper_profile_pins_m3dm_sizes():
+    """Spec 10.4.2, read from config.yaml's ``profiles.paper`` through weldfilm.config: 224 px images in
+    28 x 28 patches of DINO ViT-B/8 with 768 channels; point features 1152 = 3 x 384 from taps [3, 7, 11]
+    of a 384-wide, 12-block point transformer; M3DM's 56 x 56 point patch grid."""
+    import yaml
+    from transformers import ViTConfig, ViTModel
+
+    from weldfilm.baselines.m3dm import M3DMFeatures
+    from weldfilm.config import DEFAULT_CONFIG, prepare
+
+    paper = prepare({**yaml.safe_load(DEFAULT_CONFIG.read_text()), "profile": "paper"})["m3dm"]
+    point = PointTransformer(paper["point_trans_dim"], paper["point_depth"], paper["point_heads"],
+                             paper["point_group_size"], paper["point_num_groups"], tuple(paper["point_taps"]))
+    assert point.out_dim == 1152 == 3 * 384 and point.taps == (3, 7, 11) and len(point.blocks.blocks) == 12
+    assert (paper["point_group_size"], paper["point_num_groups"]) == (128, 1024) and paper["cloud_size"] == 224
+    assert paper["image_size"] == 224 and paper["image_size"] // paper["rgb_patch_size"] == 28
+    assert paper["rgb_channels"] == 768 and paper["rgb_final_norm"] is True and paper["point_grid"] == 56
+
+    # A one-block ViT with the paper's patch size and width: 28 x 28 patches of 768 channels.
+    torch.manual_seed(0)
+    vit = ViTModel(ViTConfig(hidden_size=paper["rgb_channels"], num_hidden_layers=1, num_attention_heads=12,
+                             intermediate_size=64, image_size=paper["image_size"],
+                             patch_size=paper["rgb_patch_size"])).eval()
+    small_point = PointTransformer(trans_dim=8, depth=1, num_heads=2, group_size=16, num_groups=32, taps=(0,))
+    extractor = M3DMFeatures(vit, small_point, paper["image_size"], paper["rgb_final_norm"], paper["point_grid"],
+                             paper["rgb_patch_size"], paper["rgb_channels"])
+    cloud = pseudo_point_cloud(np.random.default_rng(0).random((50, 6)), paper["cloud_size"]).unsqueeze(0)
+    rgb, point_patches = extractor(torch.rand(1, 3, 224, 224), cloud)
+    assert rgb.shape == (1, 28 * 28, 768) and point_patches.shape == (1, 56 * 56, 8)
+    assert extractor.shapes["patch_grid"] == [28, 28] and extractor.shapes["point_patch_grid"] == [56, 56]
+    narrow = ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                image_size=224, patch_size=8))
+    with pytest.raises(BackboneError, match="768"):
+        M3DMFeatures(narrow, small_point, 224, rgb_patch_size=8, rgb_channels=paper["rgb_channels"])
+    with pytest.raises(BackboneError, match="patch size 8"):
+        M3DMFeatures(vit, small_point, 224, rgb_patch_size=16)

@@ -91,3 +91,82 @@ def test_compute_metrics_report_and_carried_threshold(scored):
         compute_metrics(np.zeros(4), np.arange(4.0), np.zeros(4), split="val")
     with pytest.raises(DataError, match="NaN"):
         compute_metrics([0, 1], [0.0, np.nan], [0, 1], split="val")
+
+
+def test_pixel_auroc_equals_sklearn_over_all_pixels_with_ties():
+    from weldfilm.metrics import pixel_auroc, pixel_auroc_proxy
+
+    rng = np.random.default_rng(2)
+    maps = rng.integers(0, 6, size=(7, 5, 4)).astype(np.float32)  # many ties
+    masks = rng.random((7, 5, 4)) < 0.3
+    assert pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()))
+    labels = np.array([0, 3, 0, 1, 5, 0, 2])
+    whole = np.broadcast_to((labels != 0)[:, None, None], maps.shape)
+    assert pixel_auroc_proxy(labels, maps) == pytest.approx(roc_auc_score(whole.ravel(), maps.ravel()))
+    # hand case: good map {1, 2}, defective map {2, 3}: pairs 3>1, 3>2, 2>1, 2=2 (one half) -> 3.5 / 4
+    assert pixel_auroc_proxy([0, 1], np.array([[[1.0, 2.0]], [[2.0, 3.0]]])) == pytest.approx(0.875)
+
+
+def test_pixel_auroc_proxy_of_uniform_maps_is_the_image_auroc(scored):
+    from weldfilm.metrics import pixel_auroc_proxy
+
+    codes, scores = scored
+    uniform = np.repeat(np.repeat(scores[:, None, None], 3, 1), 4, 2)
+    assert pixel_auroc_proxy(codes, uniform) == pytest.approx(image_auroc(codes, scores))
+    with pytest.raises(ValueError, match="one \\(H, W\\) map per label"):
+        pixel_auroc_proxy(codes[:-1], uniform)
+
+
+def test_compute_metrics_writes_the_pixel_auroc_proxy_only_for_real_maps(scored):
+    codes, scores = scored
+    rng = np.random.default_rng(3)
+    maps = rng.random((len(codes), 4, 4)) + (codes > 0)[:, None, None] * rng.random((len(codes), 1, 1))
+    with_maps = compute_metrics(codes, scores, codes, split="test", bootstrap=10, maps=maps)
+    whole = np.broadcast_to((codes > 0)[:, None, None], maps.shape)
+    assert with_maps["p_auroc_proxy"] == pytest.approx(roc_auc_score(whole.ravel(), maps.ravel()))
+    assert with_maps["p_auroc_is_proxy"] and any(n.startswith("p_auroc_proxy: PROXY") for n in with_maps["notes"])
+    without = compute_metrics(codes, scores, codes, split="test", bootstrap=10)
+    assert without["p_auroc_proxy"] is None and without["p_aupro_proxy"]
+    bad = maps.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(DataError, match="NaN/inf"):
+        compute_metrics(codes, scores, codes, split="test", bootstrap=10, maps=bad)
+
+
+def test_main_table_shows_the_pixel_proxies_beside_the_image_metrics(tmp_path):
+    import pandas as pd
+
+    from paper_fakes import tiny_config, write_results
+    from weldfilm.io import write_json
+    from weldfilm.paper.results import main_runs
+    from weldfilm.paper.tables import build_tables
+
+    cfg = tiny_config(seeds=(0,))
+    results = tmp_path / "results"
+    write_results(results, cfg)
+    rng = np.random.default_rng(4)
+    expected = {}
+    for key in main_runs(cfg):
+        test_dir = results / key.relative_dir() / "eval" / "test"
+        scores = pd.read_csv(test_dir / "scores.csv")
+        maps = None
+        if key.method in ("m3dm", "dinomaly"):
+            maps = rng.random((len(scores), 4, 4)) + scores["label"].to_numpy()[:, None, None] * 0.3
+        metrics = compute_metrics(scores["label"], scores["score"], scores["class_code"], split="test", bootstrap=10,
+                                  maps=maps)
+        write_json(test_dir / "metrics.json", metrics)
+        expected[(key.protocol, key.method)] = metrics
+    build_tables(cfg, results, tmp_path / "tables")
+    values = pd.read_csv(tmp_path / "tables" / "main.csv").set_index("method")
+    for (protocol, method), metrics in expected.items():
+        p_auroc = values.loc[method, f"{protocol}_p_auroc_proxy_mean"]
+        if method in ("m3dm", "dinomaly"):
+            assert p_auroc == pytest.approx(metrics["p_auroc_proxy"])
+        else:
+            assert np.isnan(p_auroc) and metrics["p_auroc_proxy"] is None
+        assert values.loc[method, f"{protocol}_p_aupro_proxy_0.3_mean"] == pytest.approx(metrics["p_aupro_proxy"]["0.3"])
+    markdown = (tmp_path / "tables" / "main.md").read_text()
+    assert "P-AUROC / P-AUPRO@0.3 (fair)" in markdown and "PROXIES" in markdown
+    m3dm = expected[("fair", "m3dm")]
+    row = next(line for line in markdown.splitlines() if line.startswith("| M3DM"))
+    assert f"{100 * m3dm['p_auroc_proxy']:.1f} / {100 * m3dm['p_aupro_proxy']['0.3']:.1f}" in row

@@ -33,13 +33,13 @@ class PatchBank:
 
     @classmethod
     def build(cls, patches: torch.Tensor, sources: torch.Tensor, f_coreset: float, eps: float,
-              seed: int) -> tuple["PatchBank", dict]:
-        """Standardise all training patches ``(N, D)`` and keep their greedy coreset."""
+              seed: int, desc: str | None = None) -> tuple["PatchBank", dict]:
+        """Standardise all training patches ``(N, D)`` and keep their greedy coreset (progress under ``desc``)."""
         mean, std = patches.mean().item(), patches.std().item()
         if not std > 0:
             raise ValueError("all training patch features are identical; the memory bank cannot be built")
         standardised = (patches - mean) / std
-        keep, info = coreset_indices(standardised, f_coreset, eps, seed)
+        keep, info = coreset_indices(standardised, f_coreset, eps, seed, desc)
         return cls(standardised[keep].contiguous(), mean, std, sources[keep].contiguous()), info
 
     def standardise(self, patches: torch.Tensor) -> torch.Tensor:

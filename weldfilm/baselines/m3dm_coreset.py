@@ -13,10 +13,12 @@ import torch
 from weldfilm.errors import ConfigError
 
 
-def greedy_farthest_selection(items: torch.Tensor, count: int) -> torch.Tensor:
+def greedy_farthest_selection(items: torch.Tensor, count: int, desc: str | None = None) -> torch.Tensor:
     """Indices ``(B, count)`` of the greedy k-centre selection in each batch element of ``items`` (B, N, D).
 
     The first pick is index 0; each next pick maximises the distance to its nearest earlier pick.
+    ``desc``: show the picks' progress (rate, ETA) under that name (the memory-bank coreset; the
+    per-batch farthest point sampling stays silent).
     """
     if items.dim() != 3:
         raise ValueError(f"items must be (B, N, D), got shape {tuple(items.shape)}")
@@ -29,7 +31,12 @@ def greedy_farthest_selection(items: torch.Tensor, count: int) -> torch.Tensor:
     squared_norms = (items * items).sum(dim=-1)  # (B, N)
     nearest = torch.full((batch, num_items), float("inf"), dtype=items.dtype, device=items.device)
     pick = torch.zeros(batch, dtype=torch.long, device=items.device)
-    for step in range(1, count):
+    steps = range(1, count)
+    if desc is not None:
+        from weldfilm.training.progress import progress
+
+        steps = progress(steps, desc, unit="pick")
+    for step in steps:
         last = items[rows, pick]  # (B, D)
         to_last = squared_norms - 2 * torch.bmm(items, last.unsqueeze(-1)).squeeze(-1) + squared_norms[rows, pick, None]
         nearest = torch.minimum(nearest, to_last.clamp_min_(0))
@@ -50,7 +57,8 @@ def projection_dim(num_items: int, eps: float) -> int:
     return int(johnson_lindenstrauss_min_dim(num_items, eps=eps))
 
 
-def coreset_indices(bank: torch.Tensor, fraction: float, eps: float = 0.9, seed: int = 0) -> tuple[torch.Tensor, dict]:
+def coreset_indices(bank: torch.Tensor, fraction: float, eps: float = 0.9, seed: int = 0,
+                    desc: str | None = None) -> tuple[torch.Tensor, dict]:
     """PatchCore/M3DM greedy coreset of a memory bank ``(N, D)``: ``int(fraction * N)`` indices (at least 1).
 
     Items are first projected with ``SparseRandomProjection(eps=eps)`` (seeded). When the
@@ -74,6 +82,6 @@ def coreset_indices(bank: torch.Tensor, fraction: float, eps: float = 0.9, seed:
     else:
         projected = bank.float()
         info = {"projected_dim": None, "projection_skipped": f"JL dimension {target} >= feature dimension {dim}"}
-    picked = greedy_farthest_selection(projected.to(bank.device).unsqueeze(0), count)[0]
+    picked = greedy_farthest_selection(projected.to(bank.device).unsqueeze(0), count, desc)[0]
     info.update({"selected": count, "of": num_items, "eps": eps, "seed": seed, "fraction": fraction})
     return picked.cpu(), info

@@ -3,8 +3,9 @@
 Section 10.4.2 of the paper draft: the sensor table becomes an organised pseudo point cloud
 ``(3, S, S)`` = (x, y, depth); a Point-MAE-style transformer (farthest point sampling + kNN groups,
 mini-PointNet group embedding, ViT blocks, taps at chosen blocks) gives one feature per group; the
-features are carried back to the 2-D patch grid of the RGB branch (nearest group centre of each
-patch) so that both memory banks describe the same patches. Module names follow Point-MAE's
+features are carried back to a 2-D patch grid as M3DM does (interpolated onto every point of the
+organised cloud from the 3 nearest group centres, 3 x 3 average pool, adaptive average pool to the
+grid). Module names follow Point-MAE's
 ``MAE_encoder`` so that real Point-MAE weights load strictly (``load_point_mae_checkpoint``).
 """
 
@@ -191,14 +192,44 @@ def load_point_mae_checkpoint(model: PointTransformer, path: str | Path) -> dict
     return {"point_mae_checkpoint": str(path), "tensors_loaded": len(encoder)}
 
 
+def interpolate_to_points(points: torch.Tensor, centres: torch.Tensor, features: torch.Tensor, k: int = 3,
+                          chunk: int = 16384) -> torch.Tensor:
+    """Group features carried back onto every point (M3DM's ``interpolating_points``, PointNet++ feature propagation).
+
+    points ``(B, N, 3)``, centres ``(B, G, 3)``, features ``(B, G, C)`` -> ``(B, N, C)``: each point
+    takes the inverse squared-distance weighted mean (``1 / (d^2 + 1e-8)``) of the features of its
+    ``k`` nearest centres (one centre: its feature). One sample and ``chunk`` points at a time bound
+    the memory of the point-centre distances.
+    """
+    k = min(k, centres.shape[1])
+    out = features.new_empty(points.shape[0], points.shape[1], features.shape[-1])
+    for b in range(points.shape[0]):
+        for start in range(0, points.shape[1], chunk):
+            block = points[b, start:start + chunk]
+            squared, idx = torch.topk(torch.cdist(block, centres[b]).square(), k, dim=-1, largest=False)
+            weight = 1.0 / (squared + 1e-8)
+            weight = weight / weight.sum(dim=-1, keepdim=True)
+            out[b, start:start + chunk] = torch.einsum("nk,nkc->nc", weight, features[b][idx])
+    return out
+
+
 def features_on_patch_grid(cloud: torch.Tensor, centres: torch.Tensor, features: torch.Tensor,
                            grid: tuple[int, int]) -> torch.Tensor:
-    """Carry group features to a 2-D patch grid: each patch takes its nearest group centre's feature.
+    """Carry group features to a 2-D patch grid as M3DM does.
 
     cloud ``(B, 3, H, W)`` organised points; centres ``(B, G, 3)``; features ``(B, G, C)`` ->
-    ``(B, C, grid_h, grid_w)``. A patch's position is the mean of its pixels' points.
+    ``(B, C, grid_h, grid_w)``: the features are interpolated onto every point of the organised
+    cloud (``interpolate_to_points``), laid out as a ``(C, H, W)`` map, smoothed by a 3 x 3 average
+    pool with stride 1 (``AvgPool2d(3, 1)``, no padding) and average-pooled onto the grid
+    (``AdaptiveAvgPool2d``). One sample at a time (a paper-size sample is 224 x 224 x 1152 floats).
     """
-    patch_points = F.adaptive_avg_pool2d(cloud, grid).flatten(2).transpose(1, 2)  # (B, P, 3)
-    nearest = torch.cdist(patch_points, centres).argmin(dim=-1)  # (B, P)
-    gathered = torch.gather(features, 1, nearest.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
-    return gathered.transpose(1, 2).reshape(cloud.shape[0], features.shape[-1], *grid)
+    batch, _, height, width = cloud.shape
+    if min(height, width) < 3:
+        raise ValueError(f"the organised cloud ({height} x {width}) is smaller than M3DM's 3 x 3 average pool")
+    out = []
+    for b in range(batch):
+        points = cloud[b:b + 1].flatten(2).transpose(1, 2)  # (1, H*W, 3), row-major like the cloud
+        dense = interpolate_to_points(points, centres[b:b + 1], features[b:b + 1])
+        dense = dense.transpose(1, 2).reshape(1, features.shape[-1], height, width)
+        out.append(F.adaptive_avg_pool2d(F.avg_pool2d(dense, 3, stride=1), grid))
+    return torch.cat(out)
