@@ -114,6 +114,7 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(late_fusion_run):
     assert metadata["selection_split"] == described["selection_split"] == "val"
     assert set(described["modalities"]) == {"audio", "video"} and described["augmentation"] is False
     assert described["input_resolution"]["audio"]["bins"] == 33
+    assert metadata["token_shapes"] == {"audio": [1, 33, 16], "video": [4, 3, 16, 16]}  # what the AEs read
     for branch in ("audio", "video"):
         assert (run_dir / "checkpoints" / f"{branch}_best.pt").is_file()
         assert metadata["fit"]["submodels"][branch]["selection"] == "val_auroc"

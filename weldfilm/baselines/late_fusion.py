@@ -107,6 +107,17 @@ class LateFusionMethod(Method):
                           "bins": s["n_fft"] // 2 + 1, "frames": s["audio_frames"]},
                 "video": {"frames": s["video_frames"], "size": s["frame_size"]}}
 
+    def token_shapes(self) -> dict:
+        """Per-run input shapes of the two autoencoders, read from the first TRAIN run: STFT magnitudes
+        ``audio (1, n_fft // 2 + 1, audio_frames)`` (8193 x 1024 at the paper's 192 kHz / n_fft 16384) and
+        ``video (frames, 3, size, size)``."""
+        shapes = {}
+        for branch in BRANCHES:
+            dataset = self._dataset("train", branch)
+            if len(dataset):
+                shapes[branch] = list(dataset[0][branch].shape)
+        return shapes
+
     def describe(self) -> dict:
         s = self.section
         return {**super().describe(), "selection_split": self.selection,
