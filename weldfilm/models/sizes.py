@@ -192,6 +192,9 @@ def build_random_backbone(name: str, size: str = "paper", seed: int = 0, *, devi
     small model of the same patch geometry). ``device="meta"`` builds it without memory (shapes and parameter
     counts only). The weights equal those ``write_backbones`` saves for the same name, size, seed and shapes
     (global RNG state is left untouched). A tiny CLIP needs ``clip_ids`` (see ``config_kwargs``).
+    Another ``device`` builds on the CPU and moves the model (the same weights everywhere); to initialise on
+    a GPU directly (seconds instead of ~2 CPU-minutes for the paper-size DINOv3; other random weights), call
+    it inside ``with torch.device("cuda"):`` without ``device``, as benchmarks/gpu_check.py does.
     """
     import torch
 
