@@ -109,9 +109,14 @@ def paper_run_config() -> dict:
 def environment(device: torch.device) -> dict:
     import transformers
 
+    mamba = None
+    if importlib.util.find_spec("mamba_ssm") is not None:
+        try:
+            mamba = importlib.metadata.version("mamba_ssm")
+        except importlib.metadata.PackageNotFoundError:
+            mamba = "installed (version unknown)"
     env = {"device": str(device), "torch": torch.__version__, "transformers": transformers.__version__,
-           "python": platform.python_version(),
-           "mamba_ssm": (importlib.metadata.version("mamba-ssm") if importlib.util.find_spec("mamba_ssm") else None),
+           "python": platform.python_version(), "mamba_ssm": mamba,
            "fp32_matmul": "TF32 allowed" if torch.backends.cuda.matmul.allow_tf32 else "full fp32 (TF32 off)"}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
