@@ -7,7 +7,8 @@ def job(cfg, snakemake):
     from weldfilm.data.manifest import build_manifest
 
     data = cfg["data"]
-    build_manifest(data["root"], snakemake.output[0], data["paper_manifest"], data["split_seed"], data["exclude_runs"])
+    build_manifest(data["root"], snakemake.output[0], data["paper_manifest"], data["split_seed"], data["exclude_runs"],
+                   data["train_good_fraction"])
 
 
 if __name__ == "__main__":  # not in worker processes that re-import this file (multiprocessing spawn)

@@ -201,3 +201,108 @@ def test_warping_is_visible_only_in_the_result(features):
         assert good[feature].min() * 0.95 <= warping[feature].min(), feature
         assert warping[feature].max() <= good[feature].max() * 1.05, feature
     assert np.all(warping["image_bend"] > 2 * good["image_bend"].max())
+
+
+# --- synthetic.defect_strength and synthetic.fewer_photos_fraction ----------------------------------------
+# SHA-256 of the rendered contents (settings table, sensor CSV text, 16-bit sound, video frames, photos) of
+# plan_runs(seed=5, good_runs=4, runs_per_class=1, duration_s=0.3) at 32 px video / 64 px photos / 48 kHz,
+# computed with the generator as it was before the strength knob existed (commit a653f4a): the default
+# strength 1.0 must keep today's data bit for bit.
+DATA_BEFORE_STRENGTH_KNOB = "75e8c54bd8ec8ded77fe714b42f04eccb94a6d9c153cc6574603d19b3cd6105c"
+STRENGTH_SMALL = {**SMALL, "good_runs": 8, "duration_s": 1.0}
+
+
+def _rendered_digest(plans, options) -> str:
+    digest = hashlib.sha256(generator_module.settings_table(plans).to_csv(index=False).encode())
+    for plan in plans:
+        run = generator_module.render_run(plan, options)
+        digest.update(plan.subdir.encode())
+        digest.update(run["table"].to_csv(index=False).encode())
+        digest.update(np.round(run["audio"].astype(np.float64) * 32767).astype(np.int16).tobytes())
+        digest.update(run["frames"].tobytes())
+        for photo in run["photos"]:
+            digest.update(photo.tobytes())
+    return digest.hexdigest()
+
+
+def test_default_defect_strength_reproduces_the_data_from_before_the_knob():
+    from weldfilm.data.synthetic import plan_runs
+
+    options = generator_module.RenderOptions(video_size=32, image_size=64, audio_sr=48000)
+    assert _rendered_digest(plan_runs(5, 4, 1, 0.3), options) == DATA_BEFORE_STRENGTH_KNOB
+    assert _rendered_digest(plan_runs(5, 4, 1, 0.3, defect_strength=1.0), options) == DATA_BEFORE_STRENGTH_KNOB
+    assert _rendered_digest(plan_runs(5, 4, 1, 0.3, defect_strength=0.5), options) != DATA_BEFORE_STRENGTH_KNOB
+
+
+@pytest.fixture(scope="module")
+def strength_features(tmp_path_factory) -> pd.DataFrame:
+    """Features of the same small dataset (seed 3) generated at defect strengths 0, 0.5 and 1."""
+    rows = []
+    for strength in (0.0, 0.5, 1.0):
+        out = tmp_path_factory.mktemp(f"strength{strength}")
+        generate(out / "data", seed=3, defect_strength=strength, **STRENGTH_SMALL)
+        rows += [{"strength": strength, **run_features(out / "data", run)} for run in discover_runs(out / "data")]
+    return pd.DataFrame(rows)
+
+
+def test_defect_strength_zero_removes_every_signature_and_keeps_good_runs(strength_features):
+    good = strength_features[strength_features["class_name"] == "good"]
+    for feature in good.columns.drop(["strength", "sample_id", "class_name"]):  # good runs: the same at every strength
+        assert good.groupby("sample_id")[feature].nunique().max() == 1, feature
+    zero = strength_features[strength_features["strength"] == 0.0]
+    good0 = zero[zero["class_name"] == "good"]
+    for feature, classes, direction in SIGNATURES:
+        for name in classes:
+            values = zero.loc[zero["class_name"] == name, feature]
+            if direction == "higher":
+                assert values.min() <= good0[feature].max() * 1.25, f"{name} {feature} still separates at strength 0"
+            else:
+                assert values.max() >= good0[feature].min() * 0.8, f"{name} {feature} still separates at strength 0"
+
+
+def test_defect_strength_half_lies_between(strength_features):
+    mean = strength_features.groupby(["class_name", "strength"]).mean(numeric_only=True)
+    for name, feature in [("porosity", "gas_flow_mean"), ("crater_cracks", "end_drop"), ("spatter", "voltage_cv"),
+                          ("burnthrough", "current_mean"), ("lack_of_fusion", "audio_rms"),
+                          ("spatter", "image_off_bead_detail"), ("porosity", "audio_crackle")]:
+        low, mid, high = (mean.loc[(name, s), feature] for s in (0.0, 0.5, 1.0))
+        assert min(low, high) < mid < max(low, high), (name, feature, low, mid, high)
+    assert mean.loc[("porosity", 0.5), "gas_flow_mean"] == pytest.approx(mean.loc[("porosity", 0.0), "gas_flow_mean"] / 2,
+                                                                           rel=0.05)
+
+
+def test_fewer_photos_only_drop_photos(tmp_path):
+    from weldfilm.data.dataset import WeldingDataset
+    from weldfilm.data.manifest import build_manifest
+
+    full = generate(tmp_path / "full", seed=3, **SMALL)
+    fewer = generate(tmp_path / "fewer", seed=3, fewer_photos_fraction=0.2, **SMALL)
+    assert full["fewer_photos"] == {} and len(fewer["fewer_photos"]) == 3  # round(0.2 x 15 runs)
+    assert all(1 <= n < 5 for n in fewer["fewer_photos"].values())
+    a, b = _digest(tmp_path / "full"), _digest(tmp_path / "fewer")
+    photos = {name for name in a if "/images/" in name}
+    assert {k: v for k, v in a.items() if k not in photos and "synthetic_" not in k} == \
+           {k: v for k, v in b.items() if "/images/" not in k and "synthetic_" not in k}
+    for run in discover_runs(tmp_path / "fewer"):
+        kept = sorted(p.name for p in run.files(tmp_path / "fewer")["images"].glob("*.jpg"))
+        expected = fewer["fewer_photos"].get(run.subdir, 5)
+        assert kept == [f"{run.run_id}_{k:02d}.jpg" for k in range(1, expected + 1)]
+        assert all(a[f"{run.subdir}/images/{name}"] == b[f"{run.subdir}/images/{name}"] for name in kept)
+    manifest = build_manifest(tmp_path / "fewer", tmp_path / "manifest.csv")
+    manifest["SPLIT"] = "TEST"
+    dataset = WeldingDataset(manifest, tmp_path / "fewer", "test", modalities=("post_weld_images",), image_size=32)
+    for index, run in enumerate(dataset.runs):
+        sample = dataset[index]
+        count = fewer["fewer_photos"].get(run.subdir, 5)
+        assert sample["num_images"] == count and sample["post_weld_images"].shape[0] == 5
+        assert float(sample["post_weld_images"][count:].abs().sum()) == 0.0
+        assert float(sample["post_weld_images"][count - 1].abs().sum()) > 0.0
+
+
+def test_strength_and_fewer_photos_are_checked(tmp_path):
+    from weldfilm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="defect_strength"):
+        generate(tmp_path / "a", defect_strength=-0.5, **SMALL)
+    with pytest.raises(ConfigError, match="fewer_photos_fraction"):
+        generate(tmp_path / "b", fewer_photos_fraction=1.5, **SMALL)

@@ -75,11 +75,11 @@ def synthesize_audio(plan: RunPlan, trace: ProcessTrace, sr: int, rng: np.random
         crackle_times.append(trace.events["short_circuits"][:, 0])
         crackle_times.append(rng.uniform(trace.arc_start, trace.arc_end, rng.poisson(40 * weld)))
     if crackle_times:
-        sound += _crackle(rng, n, sr, np.concatenate(crackle_times), 3.0)
+        sound += _crackle(rng, n, sr, np.concatenate(crackle_times), 3.0 * plan.strength)
     if "surge" in effects:
         te = trace.events["burnthrough_t"]
         envelope = np.exp(-np.clip(t - te, 0, None) / 0.05) * (t >= te - 0.005)
-        sound += 3.0 * envelope * _shaped_noise(rng, n, sr, 3000.0)
+        sound += 3.0 * plan.strength * envelope * _shaped_noise(rng, n, sr, 3000.0)
     sound += 0.01 * rng.standard_normal(n)  # room noise
     sound = _low_pass(sound, sr, min(MAX_HZ, 0.45 * sr))
     return np.clip(OUTPUT_GAIN * sound, -0.99, 0.99).astype(np.float32)

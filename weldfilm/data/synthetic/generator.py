@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pandas as pd
 import soundfile as sf
 
@@ -45,35 +46,41 @@ class RenderOptions:
 
 def generate(out_dir, seed: int = 0, good_runs: int = 60, runs_per_class: int = 8, duration_s: float = 2.0,
              video_size: int = 128, video_fps: float = 30.0, image_size: int = 256, num_angles: int = 5,
-             audio_sr: int = 192000, sensor_hz: float = 100.0, workers: int = 0,
-             overwrite: bool = False) -> dict:
+             audio_sr: int = 192000, sensor_hz: float = 100.0, defect_strength: float = 1.0,
+             fewer_photos_fraction: float = 0.0, workers: int = 0, overwrite: bool = False) -> dict:
     """Write a synthetic dataset below ``out_dir``; same arguments -> same files.
 
-    Accepts every key of the config's ``synthetic`` section. ``overwrite`` replaces an earlier
+    Accepts every key of the config's ``synthetic`` section. ``defect_strength`` scales every defect
+    signature (1 = the documented ones, bit for bit; 0 = none). ``fewer_photos_fraction`` of the runs
+    (chosen by the seed, any class) keep only their first 1 to ``num_angles - 1`` photos, as some real
+    runs do; their other files are those of the full run. ``overwrite`` replaces an earlier
     synthetic dataset in ``out_dir`` (one with a ``synthetic_summary.json``); any other non-empty
     folder is refused. Returns a summary: runs per class, configurations, bytes, seconds.
     """
     started = time.perf_counter()
-    _check_arguments(good_runs, runs_per_class, duration_s, workers)
+    _check_arguments(good_runs, runs_per_class, duration_s, workers, defect_strength, fewer_photos_fraction)
     options = RenderOptions(int(video_size), float(video_fps), int(image_size), int(num_angles), int(audio_sr),
                             float(sensor_hz))
     out = Path(out_dir)
     _prepare_out_dir(out, overwrite)
-    plans = plan_runs(int(seed), int(good_runs), int(runs_per_class), float(duration_s))
+    plans = plan_runs(int(seed), int(good_runs), int(runs_per_class), float(duration_s), float(defect_strength))
+    photos = photo_counts(int(seed), len(plans), float(fewer_photos_fraction), options.num_angles)
     n_workers = min(4, os.cpu_count() or 1) if workers == 0 else int(workers)
     if n_workers <= 1:
-        sizes = [write_run(plan, options, out) for plan in plans]
+        sizes = [write_run(plan, options, out, n) for plan, n in zip(plans, photos)]
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=n_workers, mp_context=context) as pool:
-            sizes = list(pool.map(write_run, plans, [options] * len(plans), [out] * len(plans), chunksize=4))
+            sizes = list(pool.map(write_run, plans, [options] * len(plans), [out] * len(plans), photos, chunksize=4))
     counts = {CLASS_NAMES[c]: sum(p.configuration.class_code == c for p in plans) for c in CLASS_NAMES}
     summary = {
         "parameters": {"seed": int(seed), "good_runs": int(good_runs), "runs_per_class": int(runs_per_class),
-                       "duration_s": float(duration_s), **options.__dict__},
+                       "duration_s": float(duration_s), "defect_strength": float(defect_strength),
+                       "fewer_photos_fraction": float(fewer_photos_fraction), **options.__dict__},
         "runs": len(plans),
         "counts": counts,
         "configurations": len({p.configuration.folder for p in plans}),
+        "fewer_photos": {p.subdir: n for p, n in zip(plans, photos) if n < options.num_angles},
         "bytes": int(sum(sizes)),
     }
     write_text(out / SETTINGS_FILE, settings_table(plans).to_csv(index=False))
@@ -81,7 +88,19 @@ def generate(out_dir, seed: int = 0, good_runs: int = 60, runs_per_class: int = 
     return {**summary, "out_dir": str(out), "seconds": round(time.perf_counter() - started, 2)}
 
 
-def _check_arguments(good_runs, runs_per_class, duration_s, workers) -> None:
+def photo_counts(seed: int, n_runs: int, fraction: float, num_angles: int) -> list[int]:
+    """Photos written per run: ``num_angles``, except ``round(fraction x n_runs)`` runs (seeded choice)
+    that keep 1 to ``num_angles - 1`` (none when a run has a single view)."""
+    counts = [num_angles] * n_runs
+    n_fewer = int(round(fraction * n_runs)) if num_angles > 1 else 0
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))  # its own stream: the runs stay the same
+    for index, kept in zip(rng.choice(n_runs, size=n_fewer, replace=False), rng.integers(1, num_angles, n_fewer)):
+        counts[int(index)] = int(kept)
+    return counts
+
+
+def _check_arguments(good_runs, runs_per_class, duration_s, workers, defect_strength=1.0,
+                     fewer_photos_fraction=0.0) -> None:
     if good_runs < 4:
         raise ConfigError(f"synthetic.good_runs must be >= 4 (one per good configuration), got {good_runs}")
     if runs_per_class < 1:
@@ -93,6 +112,10 @@ def _check_arguments(good_runs, runs_per_class, duration_s, workers) -> None:
         raise ConfigError(f"synthetic.duration_s must be > 0, got {duration_s}")
     if workers < 0:
         raise ConfigError(f"synthetic.workers must be >= 0, got {workers}")
+    if not 0.0 <= defect_strength <= 4.0:
+        raise ConfigError(f"synthetic.defect_strength must be in [0, 4], got {defect_strength}")
+    if not 0.0 <= fewer_photos_fraction <= 1.0:
+        raise ConfigError(f"synthetic.fewer_photos_fraction must be in [0, 1], got {fewer_photos_fraction}")
 
 
 def _prepare_out_dir(out: Path, overwrite: bool) -> None:
@@ -125,14 +148,24 @@ def settings_table(plans: list[RunPlan]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_run(plan: RunPlan, options: RenderOptions, out: Path) -> int:
-    """Render one run into a hidden temporary folder and rename it into place; returns its bytes."""
+def render_run(plan: RunPlan, options: RenderOptions) -> dict:
+    """The run's contents before encoding: ``table`` (sensor CSV), ``audio`` (float32), ``frames``
+    ``(T, H, W, 3)`` and ``photos`` (``num_angles`` images) as uint8 RGB."""
     rng = plan.rng()
     trace = simulate_process(plan, rng)
     table = sensor_table(plan, trace, options.sensor_hz)
     audio = synthesize_audio(plan, trace, options.audio_sr, rng)
     frames = render_video(plan, trace, options.video_size, options.video_fps, rng)
     photos = render_photos(plan, trace, options.image_size, options.num_angles, rng)
+    return {"table": table, "audio": audio, "frames": frames, "photos": photos}
+
+
+def write_run(plan: RunPlan, options: RenderOptions, out: Path, num_photos: int | None = None) -> int:
+    """Render one run into a hidden temporary folder and rename it into place; returns its bytes.
+    ``num_photos`` < ``num_angles`` writes only the first photos (all views are rendered either way)."""
+    rendered = render_run(plan, options)
+    table, audio, frames, photos = rendered["table"], rendered["audio"], rendered["frames"], rendered["photos"]
+    photos = photos[:num_photos] if num_photos is not None else photos
 
     config_dir = out / plan.configuration.folder
     config_dir.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,15 @@ DEFECT_SPECS: dict[int, DefectSpec] = {
 }
 
 
+def toward(normal, defect, strength: float):
+    """``normal`` moved toward ``defect`` by ``strength`` (0: normal, 1: exactly ``defect``, 2: twice as far).
+
+    Every defect signature is scaled through this, so ``defect_strength: 1.0`` gives the documented
+    signatures bit for bit and ``0.0`` a run that only its class code tells from a good one.
+    """
+    return defect if strength == 1.0 else normal + strength * (defect - normal)
+
+
 def synergic_feed(current_a: float) -> float:
     """Wire feed (m/min) a synergic MIG/MAG power source sets for a current."""
     return 2.0 + 0.028 * current_a
@@ -111,6 +120,7 @@ class RunPlan:
     start_time: _dt.datetime
     part_no: str
     entropy: tuple
+    strength: float = 1.0  # synthetic.defect_strength: how far the class's signatures depart from good
 
     @property
     def subdir(self) -> str:
@@ -125,22 +135,29 @@ class RunPlan:
         return np.random.default_rng(np.random.SeedSequence(self.entropy))
 
 
-def _configuration(class_code: int, preset: int, number: int, date: _dt.date) -> Configuration:
+def _configuration(class_code: int, preset: int, number: int, date: _dt.date, strength: float = 1.0) -> Configuration:
     base = dict(GOOD_PRESETS[preset])
     spec = DEFECT_SPECS[class_code]
-    base.update(spec.set)  # a defect changes only what its cause needs (warping keeps the good settings)
-    base["feed_mpm"] = synergic_feed(base["current_a"]) * spec.scale.get("feed_mpm", 1.0)
+    for key, value in spec.set.items():  # a defect changes only what its cause needs (warping keeps the good settings)
+        base[key] = toward(base[key], value, strength)
+    base["feed_mpm"] = synergic_feed(base["current_a"]) * toward(1.0, spec.scale.get("feed_mpm", 1.0), strength)
     for key, factor in spec.scale.items():
         if key != "feed_mpm":
-            base[key] *= factor
+            base[key] *= toward(1.0, factor, strength)
     geometry = "fillet_joint" if base["weld_type"] == "FILLET" else "plane_plate"
     suffix = "_BSK46" if base["steel"] == "BSK46" else ""
     folder = f"{CLASS_NAMES[class_code]}_weld_{number}_{date:%m-%d-%y}_{geometry}{suffix}"
     return Configuration(folder=folder, class_code=class_code, number=number, date=date, preset=preset, **base)
 
 
-def plan_runs(seed: int, good_runs: int, runs_per_class: int, duration_s: float) -> list[RunPlan]:
-    """Configurations (4 good, 1-2 per defect class) and every run with its settings and seed."""
+def plan_runs(seed: int, good_runs: int, runs_per_class: int, duration_s: float,
+              defect_strength: float = 1.0) -> list[RunPlan]:
+    """Configurations (4 good, 1-2 per defect class) and every run with its settings and seed.
+
+    ``defect_strength`` scales every defect signature (settings and rendered effects) between the
+    good preset (0) and the documented signature (1); the random draws stay the same, so the runs of
+    two strengths differ only in how far their defects depart from good.
+    """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
     first_day = _dt.date(2022, 11, 18)
     n_defect_cfg = 2 if runs_per_class >= 4 else 1
@@ -150,11 +167,11 @@ def plan_runs(seed: int, good_runs: int, runs_per_class: int, duration_s: float)
     plans: list[RunPlan] = []
     for cfg_index, (code, preset, n_runs) in enumerate(jobs):
         date = first_day + _dt.timedelta(days=3 * cfg_index)
-        cfg = _configuration(code, preset, 10 + cfg_index, date)
+        cfg = _configuration(code, preset, 10 + cfg_index, date, defect_strength)
         first_run = 100 + 37 * cfg_index
         for k in range(n_runs):
             run_no = first_run + k
-            gas = cfg.gas_bar + rng.normal(0.0, 0.05) if cfg.gas_bar > 0 else 0.0
+            gas = cfg.gas_bar + rng.normal(0.0, 0.05) if "no_gas" not in cfg.effects else cfg.gas_bar
             plans.append(RunPlan(
                 configuration=cfg,
                 run_id=f"{date:%m-%d-%y}-{run_no:04d}-{code:02d}",
@@ -168,6 +185,7 @@ def plan_runs(seed: int, good_runs: int, runs_per_class: int, duration_s: float)
                 start_time=_dt.datetime.combine(date, _dt.time(8, 0)) + _dt.timedelta(minutes=4 * k),
                 part_no=f"P{cfg.number:02d}-{run_no:04d}",
                 entropy=(int(seed), 1, len(plans)),
+                strength=float(defect_strength),
             ))
     return plans
 

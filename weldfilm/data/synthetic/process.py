@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from weldfilm.data.layout import SENSOR_COLUMNS
-from weldfilm.data.synthetic.plan import RunPlan
+from weldfilm.data.synthetic.plan import RunPlan, toward
 
 PROCESS_HZ = 1000.0
 FLOW_PER_BAR = 4.2  # l/min of CO2 flow per bar of regulator pressure
@@ -58,8 +58,8 @@ def _bump(t: np.ndarray, centre: float, width: float) -> np.ndarray:
 
 
 def simulate_process(plan: RunPlan, rng: np.random.Generator) -> ProcessTrace:
-    """The run's arc on the process clock, with the class's process signature."""
-    effects = plan.effects
+    """The run's arc on the process clock, with the class's process signature (scaled by ``plan.strength``)."""
+    effects, k = plan.effects, plan.strength
     n = max(int(round(plan.duration_s * PROCESS_HZ)), 16)
     t = np.arange(n) / PROCESS_HZ
     arc_start = plan.duration_s * rng.uniform(0.03, 0.06)
@@ -68,17 +68,19 @@ def simulate_process(plan: RunPlan, rng: np.random.Generator) -> ProcessTrace:
     arc_on = (t >= arc_start) & (t < arc_end)
 
     level = np.clip((t - arc_start) / 0.06, 0.0, 1.0)  # arc ignition ramp
-    if "abrupt_stop" not in effects:  # crater fill: ramp down before the arc stops
+    # crater fill: ramp down before the arc stops (a crater-crack run stops abruptly: no ramp at strength 1)
+    fill = toward(CRATER_FILL_LEVEL, 1.0, k) if "abrupt_stop" in effects else CRATER_FILL_LEVEL
+    if fill < 1.0:
         ramp_from = arc_end - 0.12 * weld
         down = np.clip((t - ramp_from) / (arc_end - ramp_from), 0.0, 1.0)
-        level = level * (1.0 - (1.0 - CRATER_FILL_LEVEL) * down)
+        level = level * (1.0 - (1.0 - fill) * down)
     level = np.where(arc_on, level, 0.0)
 
     current_noise, voltage_noise = 0.01 * plan.current_a, 0.012 * plan.voltage_v
     if "no_gas" in effects:  # unshielded arc wanders
-        current_noise, voltage_noise = 2 * current_noise, 3 * voltage_noise
+        current_noise, voltage_noise = toward(1, 2, k) * current_noise, toward(1, 3, k) * voltage_noise
     if "unstable_arc" in effects:
-        voltage_noise *= 4
+        voltage_noise *= toward(1, 4, k)
     current = plan.current_a * level * (1 + _smooth_walk(rng, n, 0.02, 200)) + rng.normal(0, current_noise, n) * arc_on
     voltage = plan.voltage_v * (0.7 + 0.3 * level) * (1 + _smooth_walk(rng, n, 0.015, 200))
     voltage = (voltage + rng.normal(0, voltage_noise, n)) * arc_on
@@ -88,10 +90,10 @@ def simulate_process(plan: RunPlan, rng: np.random.Generator) -> ProcessTrace:
     if "surge" in effects:  # burnthrough: current surge, then the arc lengthens through the hole
         te = arc_start + weld * rng.uniform(0.45, 0.7)
         events["burnthrough_t"] = float(te)
-        current = current + 0.35 * plan.current_a * _bump(t, te, 0.04) * arc_on
+        current = current + 0.35 * k * plan.current_a * _bump(t, te, 0.04) * arc_on
         after = ((t > te) & (t < te + 0.15)) * arc_on
-        voltage = voltage + 4.0 * after
-        current = current * (1 - 0.2 * after)
+        voltage = voltage + 4.0 * k * after
+        current = current * (1 - 0.2 * k * after)
     if "unstable_arc" in effects:  # spatter: repeated short circuits
         starts = np.sort(rng.uniform(arc_start, arc_end, rng.poisson(12 * weld) + 3))
         lengths = rng.uniform(0.004, 0.015, starts.size)
@@ -99,8 +101,8 @@ def simulate_process(plan: RunPlan, rng: np.random.Generator) -> ProcessTrace:
         for s, d in zip(starts, lengths):
             shorted |= (t >= s) & (t < s + d)
         shorted &= arc_on
-        voltage = np.where(shorted, 0.25 * voltage, voltage)
-        current = np.where(shorted, current + 0.4 * plan.current_a, current)
+        voltage = np.where(shorted, toward(1.0, 0.25, k) * voltage, voltage)
+        current = np.where(shorted, current + 0.4 * k * plan.current_a, current)
         events["short_circuits"] = np.stack([starts, lengths], axis=1)
 
     gas = plan.gas_bar
