@@ -8,8 +8,10 @@ import pytest
 
 from paper_fakes import ABSENT_CLASS, BASE, tiny_config, write_results
 from weldfilm.errors import CheckpointError
+from weldfilm.metrics.paired import paired_auroc_delta
 from weldfilm.paper import TABLES
 from weldfilm.paper.formatting import SeedStats, latex_escape, pct_mean_std
+from weldfilm.paper.results import RunKey
 from weldfilm.paper.tables import build_tables
 
 
@@ -82,19 +84,92 @@ def test_ablation_table_delta_vs_full(built):
     assert no_film["i_auroc_ci_hi"] == pytest.approx(no_film["i_auroc_mean"] + 0.04)
     assert "use_film: no" in values.loc["no_film", "overrides"]
     assert "| no_film |" in (out / "ablations.md").read_text()
-    assert "-10.0" in (out / "ablations.md").read_text()
+
+
+def _expected_paired(results, keys, reference_keys, cfg):
+    """The paired Δ straight from the fake scores.csv files (weldfilm.metrics.paired)."""
+    def matrix(ks):
+        frames = [pd.read_csv(results / k.relative_dir() / "eval" / "test" / "scores.csv").set_index("sample_id")
+                  for k in ks]
+        order = sorted(frames[0].index)
+        return frames[0].loc[order, "label"].to_numpy(), np.stack([f.loc[order, "score"].to_numpy() for f in frames])
+    labels, a = matrix(keys)
+    _, b = matrix(reference_keys)
+    return paired_auroc_delta(labels, a, b, resamples=cfg["evaluation"]["bootstrap"],
+                              seed=cfg["evaluation"]["bootstrap_seed"])
+
+
+def test_ablation_table_paired_delta_with_ci_and_mark(built):
+    cfg, results, out, _ = built
+    values = pd.read_csv(out / "ablations.csv").set_index("ablation")
+    full = [RunKey("causal_film", s, "fair") for s in cfg["seeds"]]
+    for name in ("no_film", "no_gram"):
+        expected = _expected_paired(results, [RunKey("causal_film", s, "fair", name) for s in cfg["seeds"]], full, cfg)
+        row = values.loc[name]
+        assert row["paired_delta"] == pytest.approx(expected.delta)
+        assert (row["paired_delta_ci_lo"], row["paired_delta_ci_hi"]) == pytest.approx((expected.ci_lo, expected.ci_hi))
+        assert bool(row["paired_delta_excludes_zero"]) == expected.excludes_zero
+    # fakes: no_film separates good from defective by 0.5 instead of 0.8 with the same noise -> clearly worse
+    assert values.loc["no_film", "paired_delta_ci_hi"] < 0 and values.loc["no_film", "paired_delta_excludes_zero"]
+    assert np.isnan(values.loc["full", "paired_delta"])
+    markdown = (out / "ablations.md").read_text()
+    row = next(line for line in markdown.splitlines() if line.startswith("| no_film |"))
+    no_film = values.loc["no_film"]
+    assert (f"{100 * no_film['paired_delta']:+.1f}* [{100 * no_film['paired_delta_ci_lo']:+.1f}, "
+            f"{100 * no_film['paired_delta_ci_hi']:+.1f}]") in row
+    assert "* = the CI excludes 0" in markdown and "paired bootstrap" in markdown
+
+
+def test_main_table_paired_delta_of_each_baseline_vs_causal_film(built):
+    cfg, results, out, _ = built
+    values = pd.read_csv(out / "main.csv").set_index("method")
+    for protocol in ("fair", "paper_faithful"):
+        reference = [RunKey("causal_film", s, protocol) for s in cfg["seeds"]]
+        assert np.isnan(values.loc["causal_film", f"{protocol}_delta_vs_causal_film"])
+        for method in ("late_fusion", "m3dm", "dinomaly"):
+            expected = _expected_paired(results, [RunKey(method, s, protocol) for s in cfg["seeds"]], reference, cfg)
+            assert values.loc[method, f"{protocol}_delta_vs_causal_film"] == pytest.approx(expected.delta)
+            assert values.loc[method, f"{protocol}_delta_vs_causal_film_ci_hi"] == pytest.approx(expected.ci_hi)
+    # fakes: every baseline separates good from defective less than Causal-FiLM, with the same noise
+    assert (values.loc[["late_fusion", "m3dm", "dinomaly"], "fair_delta_vs_causal_film"] < 0).all()
+    markdown = (out / "main.md").read_text()
+    assert "Δ I-AUROC vs Causal-FiLM [95% CI] (fair)" in markdown
+    for method, label in (("late_fusion", "Late Fusion"), ("m3dm", "M3DM"), ("dinomaly", "Dinomaly")):
+        row = next(line for line in markdown.splitlines() if line.startswith(f"| {label} "))
+        delta = values.loc[method, "fair_delta_vs_causal_film"]
+        marked = "*" if values.loc[method, "fair_delta_vs_causal_film_excludes_zero"] else ""
+        assert f"{100 * delta:+.1f}{marked} [" in row
+
+
+def test_paired_delta_needs_the_same_test_runs(tmp_path):
+    cfg = tiny_config()
+    results = tmp_path / "results"
+    write_results(results, cfg)
+    path = results / RunKey("causal_film", 1, "fair", "no_gram").relative_dir() / "eval" / "test" / "scores.csv"
+    pd.read_csv(path).iloc[1:].to_csv(path, index=False)
+    with pytest.raises(CheckpointError, match="ablation no_gram seed 1.*other TEST runs"):
+        build_tables(cfg, results, tmp_path / "tables")
 
 
 def test_protocol_and_token_shape_tables_from_metadata(built):
-    _, _, out, _ = built
-    protocol = pd.read_csv(out / "protocol.csv", keep_default_na=False)
-    dino = protocol[(protocol.method == "dinomaly") & (protocol.protocol == "fair")].iloc[0]
-    assert dino["modalities"] == "images" and dino["selection_split"] == "test"
-    assert dino["input_resolutions"] == "video: 32×64×64"
-    assert list(protocol.columns).count("method") == 1 and dino["fusion"] == "n/a"
-    late = protocol[(protocol.method == "late_fusion")].iloc[0]
-    assert late["fusion"] == "w_audio: 0.37; weights: (video: 0.63)"
-    assert "`fusion` is not recorded by Causal-FiLM, Dinomaly, M3DM (n/a)." in (out / "protocol.md").read_text()
+    cfg, _, out, _ = built
+    protocol = pd.read_csv(out / "protocol.csv", keep_default_na=False).set_index("setting")
+    # one row per recorded setting, one column per method x protocol
+    assert list(protocol.index) == ["modalities", "input_resolutions", "augmentation", "selection_split", "fusion"]
+    assert list(protocol.columns) == [f"{m}/{p}" for m in cfg["methods"] for p in ("fair", "paper_faithful")]
+    assert protocol.loc["modalities", "dinomaly/fair"] == "images"
+    assert protocol.loc["selection_split", "dinomaly/paper_faithful"] == "test"
+    assert protocol.loc["input_resolutions", "m3dm/fair"] == "video: 32×64×64"
+    assert protocol.loc["fusion", "dinomaly/fair"] == "n/a"
+    assert protocol.loc["fusion", "late_fusion/fair"] == "w_audio: 0.37; weights: (video: 0.63)"
+    markdown = (out / "protocol.md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| Setting"))
+    assert header.count("|") - 1 == 1 + 2 * len(cfg["methods"]) and "| Causal-FiLM (paper-faithful) |" in header
+    # a long value is a numbered note, shared by the cells that hold it
+    fusion_row = next(line for line in markdown.splitlines() if line.startswith("| fusion"))
+    assert fusion_row.count("[1]") == 2 and "- [1] w_audio: 0.37; weights: (video: 0.63)" in markdown
+    assert "n/a: the method does not record this setting." in markdown
+    assert r"\label{tab:protocol}" in (out / "protocol.tex").read_text()
     shapes = pd.read_csv(out / "token_shapes.csv")
     assert set(shapes["tokens"]) == {"video", "image.layer_1"}
     assert (shapes.loc[shapes.tokens == "video", "shape"] == "2×16×32").all()
@@ -105,7 +180,8 @@ def test_provenance_lists_files_read(built):
     prov = json.loads((out / "ablations.provenance.json").read_text())
     assert prov["seeds"] == [0, 1] and "config_hash" in prov and "git_commit" in prov
     assert "ablations/no_film/seed1/eval/test/metrics.json" in prov["files_read"]
-    assert len(prov["files_read"]) == 3 * len(cfg["seeds"])
+    assert "ablations/no_film/seed1/eval/test/scores.csv" in prov["files_read"]
+    assert len(prov["files_read"]) == 2 * 3 * len(cfg["seeds"])  # metrics.json + scores.csv of 3 rows x seeds
 
 
 def test_missing_results_file_is_named(tmp_path):

@@ -2,19 +2,26 @@
 
 Metrics are read from each run's ``eval/test/metrics.json``; fractions in the CSV, percentages in
 Markdown/LaTeX. Mean ± sample std (ddof=1) over seeds. The I-AUROC 95 % CI is the mean of the
-per-seed bootstrap CIs that ``metrics.json`` carries (not a pooled bootstrap).
+per-seed bootstrap CIs that ``metrics.json`` carries (not a pooled bootstrap). Differences between
+two models (each ablation vs the full model, each baseline vs Causal-FiLM) come from the runs'
+``eval/test/scores.csv``: a paired bootstrap over the TEST runs, combined over seeds
+(``weldfilm.metrics.paired``); a ``*`` marks a Δ whose 95 % CI excludes 0.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from weldfilm.config import PROTOCOLS
 from weldfilm.data.layout import CLASS_NAMES
+from weldfilm.errors import CheckpointError
 from weldfilm.io import provenance, write_json, write_text
+from weldfilm.metrics.paired import PairedDelta, paired_auroc_delta
 from weldfilm.paper import PUBLISHED_CAUSAL_FILM, TABLE_NAMES, method_label
+from weldfilm.paper.deviations import deviations_table, footnote
 from weldfilm.paper.formatting import (NA, SeedStats, Table, format_value, pct, pct_mean_std, signed_points,
                                        to_latex, to_markdown)
 from weldfilm.paper.results import (ResultsReader, RunKey, ablation_runs, add_common_arguments, as_float,
@@ -28,8 +35,9 @@ PIXEL_PROXY_NOTE = ("Pixel proxies (P-AUROC = M3DM's pixel ROCAUC, P-AUPRO at th
 DEFECT_CLASSES = [name for code, name in sorted(CLASS_NAMES.items()) if code != 0]
 PROTOCOL_LABELS = {"fair": "fair", "paper_faithful": "paper-faithful"}
 DESCRIBE_ORDER = ("modalities", "input_resolutions", "input_resolution", "augmentation", "training_split",
-                  "selection_split")
+                  "selection_split", "precision")
 DESCRIBE_IDENTITY = {"method", "protocol", "ablation"}  # already the row's identity
+FAIRNESS_CELL_LIMIT = 32  # longer fairness-table values become numbered notes
 
 
 def _metric_stats(metrics: list[dict], key: str) -> SeedStats:
@@ -46,6 +54,47 @@ def _ci_text(lo: SeedStats, hi: SeedStats) -> str:
     return NA if lo.n_valid == 0 else f"[{pct(lo.mean)}, {pct(hi.mean)}]"
 
 
+def _paired_delta(cfg: dict, scores: dict, keys: list[RunKey], reference_keys: list[RunKey]) -> PairedDelta:
+    """Δ TEST I-AUROC of the runs ``keys`` over ``reference_keys`` (paired seed by seed, same order) from
+    their scores.csv: one stratified paired bootstrap over the TEST runs, Δ averaged over seeds."""
+    frames = [scores[k].drop_duplicates("sample_id").set_index("sample_id") for k in keys + reference_keys]
+    order = sorted(frames[0].index)
+    for key, frame in zip(keys + reference_keys, frames):
+        if sorted(frame.index) != order:
+            raise CheckpointError(f"scores of {key.describe()} cover other TEST runs than those of "
+                                  f"{(keys + reference_keys)[0].describe()}; re-run `weldfilm evaluate` for both "
+                                  "(the paired Δ needs the same runs)")
+    matrix = np.stack([frame.loc[order, "score"].to_numpy(float) for frame in frames])
+    labels = frames[0].loc[order, "label"].to_numpy()
+    ev = cfg["evaluation"]
+    try:
+        return paired_auroc_delta(labels, matrix[:len(keys)], matrix[len(keys):], resamples=int(ev["bootstrap"]),
+                                  seed=int(ev.get("bootstrap_seed", 0)))
+    except ValueError as exc:
+        raise CheckpointError(f"paired Δ of {keys[0].describe()} vs {reference_keys[0].describe()}: {exc}") from exc
+
+
+def _delta_text(delta: PairedDelta) -> str:
+    """'-7.3* [-11.0, -3.9]' (percentage points; * = the CI excludes 0)."""
+    mark = "*" if delta.excludes_zero else ""
+    return f"{signed_points(delta.delta)}{mark} [{signed_points(delta.ci_lo)}, {signed_points(delta.ci_hi)}]"
+
+
+def _delta_values(prefix: str, delta: PairedDelta | None) -> dict:
+    if delta is None:
+        return {f"{prefix}": np.nan, f"{prefix}_ci_lo": np.nan, f"{prefix}_ci_hi": np.nan,
+                f"{prefix}_excludes_zero": False}
+    return {f"{prefix}": delta.delta, f"{prefix}_ci_lo": delta.ci_lo, f"{prefix}_ci_hi": delta.ci_hi,
+            f"{prefix}_excludes_zero": delta.excludes_zero}
+
+
+def _delta_note(table: Table, cfg: dict, reference: str) -> None:
+    table.note(f"Δ [95 % CI] vs {reference}: paired bootstrap over the TEST runs ({cfg['evaluation']['bootstrap']} "
+               "resamples, good and defective runs resampled apart, the same resample for both models and every "
+               "seed, seed k paired with seed k; Δ = mean over seeds of the I-AUROC difference, percentage points). "
+               "* = the CI excludes 0: the difference is larger than the TEST sample explains.")
+
+
 def _note_nan(table: Table, stats: SeedStats, what: str) -> None:
     if stats.n_valid == 0:
         table.note(f"{what}: n/a (undefined in every seed, e.g. a class absent from TEST).")
@@ -55,8 +104,10 @@ def _note_nan(table: Table, stats: SeedStats, what: str) -> None:
 
 def main_table(cfg: dict, reader: ResultsReader) -> Table:
     """Table 1: I-AUROC, AP, F1-max and the pixel proxies on TEST per method, fair and paper-faithful, and the
-    published value."""
+    published value, and each baseline's paired Δ I-AUROC vs Causal-FiLM."""
     runs = {k: reader.metrics(k) for k in main_runs(cfg)}
+    reference = "causal_film" if "causal_film" in cfg["methods"] else None
+    scores = {k: reader.scores(k) for k in main_runs(cfg)} if reference else {}
     reader.raise_missing("the main comparison table")
     values, display = [], []
     table = Table("main", "Main comparison on TEST (mean ± std over seeds, in %; I-AUROC 95 % CI = mean of "
@@ -85,6 +136,12 @@ def main_table(cfg: dict, reader: ResultsReader) -> Table:
                         f"{protocol}_p_aupro_proxy_{limit}_std": p_aupro.std})
             shown[f"Pixel proxies P-AUROC / P-AUPRO@{limit} ({label})"] = (f"{pct_mean_std(p_auroc)} / "
                                                                           f"{pct_mean_std(p_aupro)}")
+            if reference:
+                keys = [RunKey(method, int(s), protocol) for s in cfg["seeds"]]
+                ref_keys = [RunKey(reference, int(s), protocol) for s in cfg["seeds"]]
+                delta = None if method == reference else _paired_delta(cfg, scores, keys, ref_keys)
+                num.update(_delta_values(f"{protocol}_delta_vs_causal_film", delta))
+                shown[f"Δ I-AUROC vs Causal-FiLM [95% CI] ({label})"] = "—" if delta is None else _delta_text(delta)
             num[f"{protocol}_n_seeds"] = len(metrics)
         published = PUBLISHED_CAUSAL_FILM if method == "causal_film" else {}
         for key, _ in MAIN_METRICS:
@@ -96,6 +153,8 @@ def main_table(cfg: dict, reader: ResultsReader) -> Table:
         table.note("Published column: I-AUROC / AP / F1-max of Causal-FiLM on the real Weld-4M TEST split, from the "
                    "paper; baselines n/a (not taken over).")
     table.note(PIXEL_PROXY_NOTE)
+    if reference and len(cfg["methods"]) > 1:
+        _delta_note(table, cfg, "Causal-FiLM (same protocol)")
     if len(cfg["seeds"]) < 2:
         table.note("Single seed: no standard deviation.")
     table.values, table.display = pd.DataFrame(values), pd.DataFrame(display)
@@ -134,28 +193,32 @@ def per_defect_table(cfg: dict, reader: ResultsReader) -> Table:
 def ablation_table(cfg: dict, reader: ResultsReader) -> Table:
     """Table 3: I-AUROC of each ablation and its difference to the full model (fair Causal-FiLM)."""
     full_keys = main_runs(cfg, protocols=("fair",), methods=("causal_film",))
-    rows = [("full", "(none: fair Causal-FiLM)", [reader.metrics(k) for k in full_keys])]
+    rows = [("full", "(none: fair Causal-FiLM)", full_keys, [reader.metrics(k) for k in full_keys])]
     for name, overrides in cfg["ablations"].items():
         keys = [k for k in ablation_runs(cfg) if k.ablation == name]
-        rows.append((name, format_value(overrides or {}), [reader.metrics(k) for k in keys]))
+        rows.append((name, format_value(overrides or {}), keys, [reader.metrics(k) for k in keys]))
+    scores = {k: reader.scores(k) for _, _, keys, _ in rows for k in keys}
     reader.raise_missing("the ablation table")
     table = Table("ablations", "Ablations of Causal-FiLM (fair protocol, TEST I-AUROC mean ± std over seeds in %, "
-                  "95 % CI = mean of per-seed bootstrap CIs; Δ = difference of means to the full model, percentage "
-                  "points).", pd.DataFrame(), pd.DataFrame())
-    full = _metric_stats(rows[0][2], "i_auroc")
+                  "95 % CI = mean of per-seed bootstrap CIs; Δ vs full = paired-bootstrap I-AUROC difference to the "
+                  "full model in percentage points with its 95 % CI, * = CI excludes 0).", pd.DataFrame(), pd.DataFrame())
+    full = _metric_stats(rows[0][3], "i_auroc")
     values, display = [], []
-    for name, overrides, metrics in rows:
+    for name, overrides, keys, metrics in rows:
         stats, (lo, hi) = _metric_stats(metrics, "i_auroc"), _ci_stats(metrics)
-        delta = stats.mean - full.mean
+        paired = None if name == "full" else _paired_delta(cfg, scores, keys, full_keys)
         values.append({"ablation": name, "overrides": overrides, "i_auroc_mean": stats.mean,
                        "i_auroc_std": stats.std, "i_auroc_ci_lo": lo.mean, "i_auroc_ci_hi": hi.mean,
-                       "delta_vs_full": delta, "n_seeds": stats.n_seeds})
+                       "delta_vs_full": stats.mean - full.mean, **_delta_values("paired_delta", paired),
+                       "n_seeds": stats.n_seeds})
         display.append({"Ablation": name, "Overrides": overrides, "I-AUROC": pct_mean_std(stats),
                         "I-AUROC 95% CI": _ci_text(lo, hi),
-                        "Δ vs full": "0.0" if name == "full" else signed_points(delta)})
+                        "Δ vs full [95% CI]": "0.0" if paired is None else _delta_text(paired)})
         _note_nan(table, stats, f"ablation {name} I-AUROC")
     if not cfg["ablations"]:
         table.note("No ablations configured (config key `ablations` is empty).")
+    else:
+        _delta_note(table, cfg, "the full model")
     table.values, table.display = pd.DataFrame(values), pd.DataFrame(display)
     return table
 
@@ -176,34 +239,36 @@ def _first_seed_value(table: Table, cfg: dict, meta: dict, protocol: str, method
 
 
 def protocol_table(cfg: dict, reader: ResultsReader) -> Table:
-    """Table 4: what each method sees and how it is selected, from each run's metadata `describe`."""
+    """Table 4 (fairness audit): one row per setting a run records in its metadata `describe` (modalities,
+    input resolution, augmentation, splits, ... -- whatever the methods record, in DESCRIBE_ORDER first),
+    one column per method x protocol; a value longer than FAIRNESS_CELL_LIMIT characters is a numbered
+    note below the table. CSV: one row per setting, columns ``<method>/<protocol>`` with the full text."""
     meta = _metadata_by_run(cfg, reader, "the protocol/fairness table")
-    table = Table("protocol", "Fairness audit: modalities, input resolutions, augmentation and selection split per "
-                  "method and protocol, as recorded by each run (metadata `describe`).", pd.DataFrame(), pd.DataFrame())
-    records = []
-    for protocol in PROTOCOLS:
-        for method in cfg["methods"]:
-            describe = dict(_first_seed_value(table, cfg, meta, protocol, method, "describe") or {})
-            if "selection_split" not in describe:
-                first = meta[RunKey(method, int(cfg["seeds"][0]), protocol)]
-                describe["selection_split"] = first.get("selection_split")
-            records.append(({"protocol": protocol, "method": method}, describe))
-    keys = [k for k in DESCRIBE_ORDER if any(k in d for _, d in records)]
-    keys += sorted({k for _, d in records for k in d} - set(keys) - DESCRIBE_IDENTITY)
-    for key in keys:
-        lacking = sorted({method_label(i["method"]) for i, d in records if key not in d})
-        if lacking:
-            table.note(f"`{key}` is not recorded by {', '.join(lacking)} (n/a).")
+    table = Table("protocol", "Fairness audit: what each method sees and how it is selected, per method and "
+                  "protocol, as recorded by each run (metadata `describe`); [n] = numbered note below.",
+                  pd.DataFrame(), pd.DataFrame())
+    columns = [(method, protocol) for method in cfg["methods"] for protocol in PROTOCOLS]
+    records = {}
+    for method, protocol in columns:
+        describe = dict(_first_seed_value(table, cfg, meta, protocol, method, "describe") or {})
+        if "selection_split" not in describe:
+            describe["selection_split"] = meta[RunKey(method, int(cfg["seeds"][0]), protocol)].get("selection_split")
+        records[(method, protocol)] = describe
+    keys = [k for k in DESCRIBE_ORDER if any(k in d for d in records.values())]
+    keys += sorted({k for d in records.values() for k in d} - set(keys) - DESCRIBE_IDENTITY)
     values, display = [], []
-    for ident, describe in records:
-        row = {**ident}
-        shown = {"Protocol": PROTOCOL_LABELS[ident["protocol"]], "Method": method_label(ident["method"])}
-        for key in keys:
+    for key in keys:
+        row, shown = {"setting": key}, {"Setting": key.replace("_", " ")}
+        for method, protocol in columns:
+            describe = records[(method, protocol)]
             text = format_value(describe[key]) if key in describe else NA
-            row[key] = text
-            shown[key.replace("_", " ")] = text
+            row[f"{method}/{protocol}"] = text
+            shown[f"{method_label(method)} ({PROTOCOL_LABELS[protocol]})"] = (
+                text if len(text) <= FAIRNESS_CELL_LIMIT else footnote(table, text))
         values.append(row)
         display.append(shown)
+    if any(NA in row.values() for row in values):
+        table.note("n/a: the method does not record this setting.")
     table.values, table.display = pd.DataFrame(values), pd.DataFrame(display)
     return table
 
@@ -243,7 +308,7 @@ def token_shape_table(cfg: dict, reader: ResultsReader) -> Table:
 
 
 BUILDERS = {"main": main_table, "per_defect": per_defect_table, "ablations": ablation_table,
-            "protocol": protocol_table, "token_shapes": token_shape_table}
+            "protocol": protocol_table, "token_shapes": token_shape_table, "deviations": deviations_table}
 assert tuple(BUILDERS) == TABLE_NAMES
 
 
