@@ -2,10 +2,19 @@
 # Output names come from weldfilm/paper/__init__.py (TABLES, FIGURES, PAPER_OUTPUTS).
 
 
+def all_run_metadata():
+    """Every run's metadata.json (the fairness, token-shape and deviations tables read them)."""
+    return [os.path.join((ABLATION_DIR if s["ablation"] else RUN_DIR).format(**s), "metadata.json")
+            for s in all_run_settings()]
+
+
 rule tables:
-    """The paper's tables (CSV, Markdown, LaTeX, provenance) from every run's metrics."""
+    """The paper's tables (CSV, Markdown, LaTeX, provenance) from every run's metrics and metadata, and the TEST
+    scores the paired Δ of the main and ablation tables resample."""
     input:
         metrics=all_eval_metrics(),
+        metadata=all_run_metadata(),
+        scores=[path.replace("metrics.json", "scores.csv") for path in all_eval_metrics() if "/eval/test/" in path],
         card=f"{CARD_DIR}/counts.csv",
     output:
         reported(TABLE_FILES, ".csv", "../report/table_{name}.rst", "Tables"),
