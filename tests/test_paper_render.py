@@ -9,7 +9,7 @@ import pytest
 
 from paper_fakes import tiny_config, write_results
 from weldfilm.errors import CheckpointError, ConfigError
-from weldfilm.paper import FIGURE_NAMES, FIGURES_DIR, TABLES_DIR
+from weldfilm.paper import FIGURE_NAMES, FIGURES_DIR, TABLE_NAMES, TABLES_DIR
 from weldfilm.paper.latex import markdown_to_latex
 from weldfilm.paper.render import render_paper
 from weldfilm.paper.tables import build_tables
@@ -47,7 +47,9 @@ def test_render_writes_md_and_html_with_tables_inlined_and_links_resolving(prepa
     md, page = (out / "paper.md").read_text(), (out / "paper.html").read_text()
     assert "{{" not in md
     assert (out / TABLES_DIR / "main.md").read_text().strip() in md
-    assert page.count("<table>") == 5 and "Causal-FiLM" in page
+    assert page.count("<table>") == len(TABLE_NAMES) and "Causal-FiLM" in page
+    assert "Appendix: where the runs differ from the authors' code" in md
+    assert (out / TABLES_DIR / "deviations.md").read_text().strip() in md
     md_links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     html_links = re.findall(r'<img [^>]*src="([^"]+)"', page)
     assert len(md_links) == len(FIGURE_NAMES) and sorted(md_links) == sorted(html_links)

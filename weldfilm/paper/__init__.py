@@ -16,7 +16,7 @@ from __future__ import annotations
 TABLES_DIR = "tables"
 FIGURES_DIR = "figures"
 
-TABLE_NAMES = ("main", "per_defect", "ablations", "protocol", "token_shapes")
+TABLE_NAMES = ("main", "per_defect", "ablations", "protocol", "token_shapes", "deviations")
 TABLE_SUFFIXES = (".csv", ".md", ".tex", ".provenance.json")
 TABLES = tuple(f"{name}{suffix}" for name in TABLE_NAMES for suffix in TABLE_SUFFIXES)
 
