@@ -155,24 +155,37 @@ def test_protocol_and_token_shape_tables_from_metadata(built):
     cfg, _, out, _ = built
     protocol = pd.read_csv(out / "protocol.csv", keep_default_na=False).set_index("setting")
     # one row per recorded setting, one column per method x protocol
-    assert list(protocol.index) == ["modalities", "input_resolutions", "augmentation", "selection_split", "fusion"]
+    assert list(protocol.index) == ["modalities", "input_resolutions: video", "augmentation", "selection_split",
+                                    "fusion"]
     assert list(protocol.columns) == [f"{m}/{p}" for m in cfg["methods"] for p in ("fair", "paper_faithful")]
     assert protocol.loc["modalities", "dinomaly/fair"] == "images"
     assert protocol.loc["selection_split", "dinomaly/paper_faithful"] == "test"
-    assert protocol.loc["input_resolutions", "m3dm/fair"] == "video: 32×64×64"
+    assert protocol.loc["input_resolutions: video", "m3dm/fair"] == "32×64×64"
     assert protocol.loc["fusion", "dinomaly/fair"] == "n/a"
     assert protocol.loc["fusion", "late_fusion/fair"] == "w_audio: 0.37; weights: (video: 0.63)"
     markdown = (out / "protocol.md").read_text()
     header = next(line for line in markdown.splitlines() if line.startswith("| Setting"))
     assert header.count("|") - 1 == 1 + 2 * len(cfg["methods"]) and "| Causal-FiLM (paper-faithful) |" in header
-    # a long value is a numbered note, shared by the cells that hold it
-    fusion_row = next(line for line in markdown.splitlines() if line.startswith("| fusion"))
-    assert fusion_row.count("[1]") == 2 and "- [1] w_audio: 0.37; weights: (video: 0.63)" in markdown
     assert "n/a: the method does not record this setting." in markdown
     assert r"\label{tab:protocol}" in (out / "protocol.tex").read_text()
     shapes = pd.read_csv(out / "token_shapes.csv")
     assert set(shapes["tokens"]) == {"video", "image.layer_1"}
     assert (shapes.loc[shapes.tokens == "video", "shape"] == "2×16×32").all()
+
+
+def test_fairness_table_long_values_become_numbered_notes(tmp_path, monkeypatch):
+    import weldfilm.paper.tables as tables
+
+    monkeypatch.setattr(tables, "FAIRNESS_CELL_LIMIT", 20)
+    cfg = tiny_config(seeds=(0,))
+    write_results(tmp_path / "results", cfg)
+    build_tables(cfg, tmp_path / "results", tmp_path / "tables")
+    markdown = (tmp_path / "tables" / "protocol.md").read_text()
+    fusion_row = next(line for line in markdown.splitlines() if line.startswith("| fusion"))
+    assert fusion_row.count("[1]") == 2  # one note, shared by both Late Fusion cells
+    assert "- [1] w_audio: 0.37; weights: (video: 0.63)" in markdown
+    values = pd.read_csv(tmp_path / "tables" / "protocol.csv", keep_default_na=False).set_index("setting")
+    assert values.loc["fusion", "late_fusion/fair"] == "w_audio: 0.37; weights: (video: 0.63)"  # CSV: full text
 
 
 def test_provenance_lists_files_read(built):

@@ -37,7 +37,8 @@ PROTOCOL_LABELS = {"fair": "fair", "paper_faithful": "paper-faithful"}
 DESCRIBE_ORDER = ("modalities", "input_resolutions", "input_resolution", "augmentation", "training_split",
                   "selection_split", "precision")
 DESCRIBE_IDENTITY = {"method", "protocol", "ablation"}  # already the row's identity
-FAIRNESS_CELL_LIMIT = 32  # longer fairness-table values become numbered notes
+FAIRNESS_CELL_LIMIT = 40  # longer fairness-table values become numbered notes
+FAIRNESS_SPLIT_KEYS = ("input_resolutions", "input_resolution")  # a dict value: one row per entry
 
 
 def _metric_stats(metrics: list[dict], key: str) -> SeedStats:
@@ -253,9 +254,15 @@ def protocol_table(cfg: dict, reader: ResultsReader) -> Table:
         describe = dict(_first_seed_value(table, cfg, meta, protocol, method, "describe") or {})
         if "selection_split" not in describe:
             describe["selection_split"] = meta[RunKey(method, int(cfg["seeds"][0]), protocol)].get("selection_split")
+        for key in FAIRNESS_SPLIT_KEYS:  # one row per modality: "input resolution: video", ...
+            if isinstance(describe.get(key), dict):
+                describe.update({f"{key}: {sub}": value for sub, value in describe.pop(key).items()})
         records[(method, protocol)] = describe
-    keys = [k for k in DESCRIBE_ORDER if any(k in d for d in records.values())]
-    keys += sorted({k for d in records.values() for k in d} - set(keys) - DESCRIBE_IDENTITY)
+    recorded = {k for d in records.values() for k in d} - DESCRIBE_IDENTITY
+    keys = []
+    for key in DESCRIBE_ORDER:
+        keys += [key] if key in recorded else sorted(k for k in recorded if k.startswith(f"{key}: "))
+    keys += sorted(recorded - set(keys))
     values, display = [], []
     for key in keys:
         row, shown = {"setting": key}, {"Setting": key.replace("_", " ")}
