@@ -15,8 +15,8 @@ from paper_fakes import tiny_config, write_results
 from weldfilm.config import DEFAULT_CONFIG, METHODS, SCHEMA_PATH, load_config, load_yaml, prepare, run_config, validate
 from weldfilm.methods import get_method
 from weldfilm.paper import TABLE_NAMES
-from weldfilm.paper.deviations import (AUTHORS, EFFECTIVE, FLAW, INTENDED, KINDS, METHOD, NOT_RECORDED, SCALE,
-                                       deviation_rows, recorded_value, same_value)
+from weldfilm.paper.deviations import (ADAPTED, AUTHORS, EFFECTIVE, FLAW, INTENDED, KINDS, METHOD, NOT_RECORDED,
+                                       SCALE, deviation_rows, recorded_value, same_value)
 from weldfilm.paper.tables import build_tables
 
 DIMS = {"video": 12, "audio": 10, "image": 8, "image_prefix_tokens": 1}
@@ -79,7 +79,7 @@ def test_paper_faithful_is_the_authors_code_in_every_recorded_respect(source, tm
     cfg = prepare(raw[source])
     faithful = {m: predicted_metadata(cfg, m, "paper_faithful", tmp_path) for m in METHODS}
     for setting in AUTHORS:
-        if setting.kind == SCALE and source != "paper profile":
+        if setting.kind == ADAPTED or (setting.kind == SCALE and source != "paper profile"):
             continue
         for method in setting.methods:
             value = predicted(setting, faithful[method])
@@ -96,7 +96,7 @@ def test_paper_faithful_is_the_authors_code_in_every_recorded_respect(source, tm
 
 def test_registry_rows_name_real_settings():
     defaults = validate({})
-    assert AUTHORS and set(KINDS) == {FLAW, INTENDED, EFFECTIVE, METHOD, SCALE}
+    assert AUTHORS and set(KINDS) == {FLAW, INTENDED, EFFECTIVE, METHOD, SCALE, ADAPTED}
     seen = set()
     for setting in AUTHORS:
         assert setting.kind in KINDS and set(setting.methods) <= set(METHODS) and setting.spec
@@ -139,7 +139,7 @@ def test_decoder_keys_reach_the_module_through_the_method(tmp_path):
 # keys where config.yaml's default profile deliberately differs from the schema default; each one's schema
 # description says why ("default profile: ...")
 DELIBERATE = {
-    "data.train_good_fraction", "synthetic.good_runs", "synthetic.runs_per_class", "synthetic.fewer_photos_fraction",
+    "data.max_train_good_runs", "synthetic.good_runs", "synthetic.runs_per_class", "synthetic.fewer_photos_fraction",
     "preprocess.video_frames", "preprocess.audio_frames", "preprocess.sensor_length",
     "train.epochs", "train.batch_size", "train.lr", "train.use_ema",
     "m3dm.rgb_final_norm",

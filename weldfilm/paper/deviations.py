@@ -17,7 +17,8 @@ Kinds (``KINDS``): ``flaw`` -- a flaw of the authors' code, corrected under ``fa
 configured, ``paper_faithful`` as the script ran; ``effective`` -- the authors' config intended another value
 their code never used: the effective value is the default of both protocols and the intended one a named
 key; ``method`` -- the method as the authors built it (ablations change it); ``scale`` -- sizes and schedule
-lengths, smaller in the default profile (tiny backbones, CPU minutes), the authors' under ``profile: paper``.
+lengths, smaller in the default profile (tiny backbones, CPU minutes), the authors' under ``profile: paper``;
+``adapted`` -- the authors' setting cannot carry over (it is shown as a difference in every run).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from weldfilm.paper.formatting import Table, format_value
 
 CF, LF, M3, DI = "causal_film", "late_fusion", "m3dm", "dinomaly"
 ALL = (CF, LF, M3, DI)
-FLAW, INTENDED, EFFECTIVE, METHOD, SCALE = "flaw", "intended", "effective", "method", "scale"
+FLAW, INTENDED, EFFECTIVE, METHOD, SCALE, ADAPTED = "flaw", "intended", "effective", "method", "scale", "adapted"
 KINDS = {
     FLAW: "a flaw of the authors' code: corrected under `fair`, reproduced under `paper_faithful`",
     INTENDED: "the authors' config names it but their script ignores it: `fair` trains as configured, "
@@ -46,6 +47,8 @@ KINDS = {
     METHOD: "the method as the authors built it; ablations and config edits change it",
     SCALE: "size or schedule length: the default profile shrinks it (tiny backbones, CPU minutes), "
            "`profile: paper` sets the authors' value",
+    ADAPTED: "the authors' setting has no counterpart in a comparable run (e.g. image-level scores where every "
+             "method is compared per run): every run records its choice, in both protocols",
 }
 NOT_RECORDED = "not recorded"
 
@@ -129,6 +132,7 @@ AUTHORS: tuple[AuthorsSetting, ...] = (
     S(LF, "config.late_fusion.video_dropout", 0.5, "10.4.1", METHOD, ""),
     S(LF, "config.late_fusion.audio_pct_start", 0.1, "10.4.1", METHOD, ""),
     S(LF, "config.late_fusion.video_patience", 10, "10.4.1", METHOD, ""),
+    S(LF, "config.late_fusion.video_window_s", 2.0, "10.4.1", METHOD, "video score = max of the 2 s moving average of the frame scores (their mean for clips shorter than 2 s)"),
     S(LF, "config.late_fusion.audio_sr", 192000, "10.4.1", SCALE, ""),
     S(LF, "config.late_fusion.n_fft", 16384, "10.4.1", SCALE, ""),
     S(LF, "config.late_fusion.hop_length", 8192, "10.4.1", SCALE, ""),
@@ -149,6 +153,8 @@ AUTHORS: tuple[AuthorsSetting, ...] = (
     S(M3, "config.m3dm.point_group_size", 128, "10.4.2", SCALE, ""),
     S(M3, "config.m3dm.point_num_groups", 1024, "10.4.2", SCALE, ""),
     S(M3, "config.m3dm.point_taps", [3, 7, 11], "10.4.2", SCALE, "blocks 3, 7, 11 concatenated (1152 channels)"),
+    S(M3, "config.m3dm.point_grid", 56, "10.4.2", SCALE, "M3DM's AdaptiveAvgPool2d((56, 56)) of the point features interpolated onto the cloud"),
+    S(M3, "describe.method_name", "DINO+Point_MAE / DINO+Point_MAE+Fusion", "10.4.2", ADAPTED, "train.sh builds DINO+Point_MAE, evaluate.sh loads DINO+Point_MAE+Fusion, whose fusers train.sh never writes; one name must serve both"),
     # ---- Dinomaly (10.4.3)
     S(DI, "selection_split", "test", "10.4.3, 10.5.1", FLAW, "best_model.pth by TEST AUROC", key="train.selection_split"),
     S(DI, "describe.augmentation", False, "10.5.3", METHOD, "deterministic resize/crop/normalise", key="train.use_augmentations"),
@@ -161,6 +167,9 @@ AUTHORS: tuple[AuthorsSetting, ...] = (
     S(DI, "config.dinomaly.hard_ratio", 0.9, "10.4.3", METHOD, "hard-mining p ramps up to 0.9"),
     S(DI, "config.dinomaly.easy_factor", 0.1, "10.4.3", METHOD, "gradient factor 0.1 of the easy points"),
     S(DI, "config.dinomaly.score_top_ratio", 0.0, "10.4.3", METHOD, "image score = max over the map"),
+    S(DI, "config.dinomaly.blur_sigma", 4.0, "10.4.3", METHOD, "maps blurred with a Gaussian of sigma 4 (Dinomaly's code)"),
+    S(DI, "config.dinomaly.blur_kernel_size", 5, "10.4.3", METHOD, "Dinomaly's get_gaussian_kernel: 5 x 5 taps"),
+    S(DI, "config.dinomaly.run_aggregation", "per image", "10.4.3", ADAPTED, "every image is a sample with its own score and AUROC; a run score (mean or max over its images) is needed to compare with the other methods"),
     S(DI, "config.dinomaly.resize", 448, "10.4.3", SCALE, ""),
     S(DI, "config.dinomaly.crop_size", 392, "10.4.3", SCALE, ""),
     S(DI, "config.dinomaly.decoder_depth", 8, "10.4.3", SCALE, ""),
