@@ -284,3 +284,20 @@ def test_fewer_photos_than_views_at_paper_shapes_is_a_recorded_choice(tiny_data_
         assert torch.isclose(first[1], second[1])  # the 5-photo run is untouched
     with pytest.raises(DataError, match=rf"\['{subdir}'\] have no post-weld image.*data\.exclude_runs"):
         view_mask(torch.tensor([0, 5]), pre["num_angles"], [subdir, "other"])
+
+    # Dinomaly at 448 -> 392 px with the paper's layer groups: only the 2 real photos are samples
+    from weldfilm.baselines.dinomaly import DinomalyTrainable
+    from weldfilm.models.sizes import build_random_backbone
+
+    section = cfg["dinomaly"]
+    head = DinomalyTrainable(build_random_backbone("dinov2_reg", "paper_shapes"), section).eval()
+    photos = torch.rand(2, pre["num_angles"], 3, section["resize"], section["resize"])
+    batch = {"post_weld_images": photos, "num_images": torch.tensor([2, 5]), "sample_id": [subdir, "other"]}
+    noisy = {**batch, "post_weld_images": photos.clone()}
+    noisy["post_weld_images"][0, 2:] = 1.0
+    _, run_index = head.images_of(batch)
+    assert run_index.tolist() == [0, 0, 1, 1, 1, 1, 1]
+    with torch.no_grad():
+        assert torch.equal(head.anomaly_scores(batch), head.anomaly_scores(noisy))
+    with pytest.raises(DataError, match=rf"without post-weld images.*{subdir}"):
+        head.images_of({**batch, "num_images": torch.tensor([0, 5])})
