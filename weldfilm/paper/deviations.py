@@ -34,6 +34,7 @@ from weldfilm.config import PROTOCOLS, profile_chain
 from weldfilm.errors import ConfigError
 from weldfilm.paper import method_label
 from weldfilm.paper.formatting import Table, format_value
+from weldfilm.paper.results import ablation_runs, main_runs
 
 CF, LF, M3, DI = "causal_film", "late_fusion", "m3dm", "dinomaly"
 ALL = (CF, LF, M3, DI)
@@ -284,7 +285,8 @@ def _cell(values: list, authors) -> tuple[str, bool]:
 
 def deviation_rows(runs: Mapping[tuple[str, str | None, str], list[Mapping]],
                    methods, protocols=PROTOCOLS, registry=AUTHORS) -> list[dict]:
-    """One dict per (setting, method) where some run differs from the authors' value.
+    """One dict per (registry setting, method of ``methods`` it applies to); ``differs`` says whether some
+    run (a protocol's seeds or an ablation) records another value than the authors'.
 
     ``runs[(method, protocol_or_None, ablation_or_None)]`` = the metadata of that run's seeds (main runs:
     ablation None; ablation runs: protocol None).
@@ -320,8 +322,6 @@ def deviation_rows(runs: Mapping[tuple[str, str | None, str], list[Mapping]],
 
 def deviations_table(cfg: dict, reader) -> Table:
     """Appendix table: every (setting, method) where a run's recorded value is not the authors' one."""
-    from weldfilm.paper.results import ablation_runs, main_runs
-
     runs: dict[tuple, list] = {}
     for key in main_runs(cfg):
         runs.setdefault((key.method, key.protocol, None), []).append(reader.metadata(key))
@@ -349,7 +349,8 @@ def deviations_table(cfg: dict, reader) -> Table:
                                     if row[f"{p}_set_by"]) or "–"
         display.append(entry)
     for kind, text in KINDS.items():
-        table.note(f"Kind `{kind}`: {text}.")
+        if any(r["kind"] == kind for r in shown_rows):
+            table.note(f"Kind `{kind}`: {text}.")
     checked = len(rows)
     table.note(f"{checked - len(shown_rows)} of {checked} recorded (setting, method) pairs of the authors' code "
                f"match in every run and are not listed (registry: weldfilm/paper/deviations.py).")
