@@ -8,7 +8,7 @@ def job(cfg, snakemake):
 
     data = cfg["data"]
     build_manifest(data["root"], snakemake.output[0], data["paper_manifest"], data["split_seed"], data["exclude_runs"],
-                   data["train_good_fraction"])
+                   data["max_train_good_runs"])
 
 
 if __name__ == "__main__":  # not in worker processes that re-import this file (multiprocessing spawn)

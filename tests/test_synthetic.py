@@ -306,3 +306,25 @@ def test_strength_and_fewer_photos_are_checked(tmp_path):
         generate(tmp_path / "a", defect_strength=-0.5, **SMALL)
     with pytest.raises(ConfigError, match="fewer_photos_fraction"):
         generate(tmp_path / "b", fewer_photos_fraction=1.5, **SMALL)
+
+
+def test_default_config_split_counts():
+    """config.yaml's synthetic set and scan split: VAL and TEST hold 40 good runs and 8 of every defect class
+    each, TRAIN 40 good runs from every good configuration alike; small sets keep the paper's ~70 % in TRAIN."""
+    from weldfilm.config import load_config
+    from weldfilm.data.layout import run_ref
+    from weldfilm.data.manifest import scan_split
+    from weldfilm.data.synthetic import plan_runs
+
+    cfg = load_config()
+    syn, data = cfg["synthetic"], cfg["data"]
+    runs = [run_ref(p.subdir) for p in plan_runs(syn["seed"], syn["good_runs"], syn["runs_per_class"], syn["duration_s"])]
+    split = scan_split(runs, data["split_seed"], data["max_train_good_runs"])
+    table = pd.crosstab([r.class_code for r in runs], [split[r.subdir] for r in runs])
+    assert table.loc[0].to_dict() == {"TRAIN": 40, "VAL": 40, "TEST": 40}
+    assert (table.loc[1:, "VAL"] == 8).all() and (table.loc[1:, "TEST"] == 8).all() and (table.loc[1:, "TRAIN"] == 0).all()
+    train_configs = pd.Series([r.configuration for r in runs if split[r.subdir] == "TRAIN"]).value_counts()
+    assert train_configs.tolist() == [10, 10, 10, 10]
+    small = [run_ref(p.subdir) for p in plan_runs(0, 8, 1, 1.0)]
+    small_split = scan_split(small, 0, data["max_train_good_runs"])
+    assert sum(v == "TRAIN" for v in small_split.values()) == round(0.7 * 8)

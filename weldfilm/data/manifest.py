@@ -4,11 +4,12 @@ Two modes:
 
 - **paper**: ``paper_manifest`` is the authors' ``manifest.csv``; its SPLIT is used exactly and
   every listed run must exist under the data root (an error lists the missing ones).
-- **scan**: runs are discovered under the data root and split with a seed: TRAIN takes
-  ``round(train_good_fraction x good runs)`` good runs (default 0.7, the paper's proportion: its
-  4,040 runs give exactly 576/1732/1732); every other run goes to VAL or TEST, alternating within
-  each class (stratified). The synthetic default (config.yaml ``data.train_good_fraction: 0.33``)
-  puts as many good runs in VAL and in TEST as in TRAIN, so that its I-AUROC CIs are narrow.
+- **scan**: runs are discovered under the data root and split with a seed in the paper's
+  proportions: TRAIN ~70 % of the good runs (good only; the paper's 4,040 runs give exactly
+  576/1732/1732), at most ``max_train_good`` of them; every other run goes to VAL or TEST,
+  alternating within each class (stratified). The synthetic default (config.yaml
+  ``data.max_train_good_runs: 40`` with 120 good runs) puts as many good runs in VAL and in TEST as
+  in TRAIN, so that its I-AUROC CIs are narrow.
 
 ``exclude_runs`` (SUBDIRS values) are dropped after the split, so excluding a broken run does not
 reshuffle the others; the exclusion is recorded in the sidecar ``manifest.json``.
@@ -73,8 +74,9 @@ def _round_robin(groups: list[list[str]]) -> list[str]:
     return [g[i] for i in range(longest) for g in groups if i < len(g)]
 
 
-def scan_split(runs: list[RunRef], seed: int, train_good_fraction: float = TRAIN_GOOD_FRACTION) -> dict[str, str]:
-    """SUBDIRS -> split: seeded, TRAIN = round(train_good_fraction x good runs), the rest alternating VAL/TEST.
+def scan_split(runs: list[RunRef], seed: int, max_train_good: int | None = None) -> dict[str, str]:
+    """SUBDIRS -> split: seeded, TRAIN = ~70 % of good runs (at most ``max_train_good``), the rest alternating
+    VAL/TEST.
 
     Stratified by class and, within a class, by configuration folder: TRAIN takes the same share of
     the good runs of every good configuration, and VAL/TEST alternate inside each configuration, so that no
@@ -86,9 +88,9 @@ def scan_split(runs: list[RunRef], seed: int, train_good_fraction: float = TRAIN
         by_class.setdefault(run.class_code, []).append(run.subdir)
     grouped = {code: _by_configuration(subdirs, rng) for code, subdirs in sorted(by_class.items())}
     good = _round_robin(grouped.pop(0, []))
-    if not 0.0 <= train_good_fraction <= 1.0:
-        raise DataError(f"data.train_good_fraction must be in [0, 1], got {train_good_fraction}")
-    n_train = int(round(train_good_fraction * len(good)))
+    n_train = int(round(TRAIN_GOOD_FRACTION * len(good)))
+    if max_train_good is not None:
+        n_train = min(n_train, int(max_train_good))
     split = {subdir: "TRAIN" for subdir in good[:n_train]}
     rest_good = set(good[n_train:])
     rest_groups = _by_configuration(sorted(rest_good), rng)
@@ -99,8 +101,8 @@ def scan_split(runs: list[RunRef], seed: int, train_good_fraction: float = TRAIN
     return split
 
 
-def _scan_rows(runs: list[RunRef], seed: int, train_good_fraction: float) -> pd.DataFrame:
-    split = scan_split(runs, seed, train_good_fraction)
+def _scan_rows(runs: list[RunRef], seed: int, max_train_good: int | None) -> pd.DataFrame:
+    split = scan_split(runs, seed, max_train_good)
     per_configuration = pd.Series([r.configuration for r in runs]).value_counts().to_dict()
     rows = []
     for run in runs:
@@ -178,19 +180,19 @@ def _paper_rows(paper_manifest, runs: list[RunRef], data_root, exclude: set[str]
 
 
 def build_manifest(data_root, out_csv, paper_manifest=None, seed: int = 0, exclude_runs=(),
-                   train_good_fraction: float = TRAIN_GOOD_FRACTION) -> pd.DataFrame:
+                   max_train_good: int | None = None) -> pd.DataFrame:
     """Write ``out_csv`` (+ sidecar ``<stem>.json``) and return the manifest table.
 
     Same inputs and seed give the same CSV byte for byte. ``exclude_runs`` are SUBDIRS values;
     each must be a run of the manifest (a typo is an error, not a silent no-op).
-    ``train_good_fraction`` applies to the scan mode only (the paper's manifest fixes its split).
+    ``max_train_good`` caps the scan mode's TRAIN good runs (the paper's manifest fixes its own split).
     """
     runs = discover_runs(data_root)
     exclude = {str(s).strip().strip("/") for s in exclude_runs}
     if paper_manifest:
         table = _paper_rows(paper_manifest, runs, data_root, exclude)
     else:
-        table = _scan_rows(runs, seed, train_good_fraction)
+        table = _scan_rows(runs, seed, max_train_good)
     unknown = sorted(exclude - set(table["SUBDIRS"]))
     if unknown:
         raise DataError(f"data.exclude_runs names run(s) that are not in the manifest: {unknown} "
@@ -207,7 +209,7 @@ def build_manifest(data_root, out_csv, paper_manifest=None, seed: int = 0, exclu
         "data_root": str(data_root),
         "paper_manifest": str(paper_manifest) if paper_manifest else None,
         "seed": None if paper_manifest else int(seed),
-        "train_good_fraction": None if paper_manifest else float(train_good_fraction),
+        "max_train_good": None if paper_manifest or max_train_good is None else int(max_train_good),
         "excluded_runs": sorted(exclude),
         "counts": counts,
         "provenance": provenance(),
@@ -229,14 +231,14 @@ def add_cli_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="manifest CSV to write (a .json sidecar is written beside it)")
     parser.add_argument("--paper-manifest", default=None, help="the paper's manifest.csv: use its split exactly")
     parser.add_argument("--seed", type=int, default=0, help="seed of the scan-mode split")
-    parser.add_argument("--train-good-fraction", type=float, default=TRAIN_GOOD_FRACTION,
-                        help="share of the good runs that the scan-mode split puts in TRAIN (default: the paper's 0.7)")
+    parser.add_argument("--max-train-good", type=int, default=None,
+                        help="at most this many good runs in the scan-mode TRAIN split (default: ~70 %% of them)")
     parser.add_argument("--exclude", nargs="*", default=[], metavar="RUN", help="SUBDIRS values to leave out")
 
 
 def cli(args) -> int:
     table = build_manifest(args.data_root, args.out, args.paper_manifest, args.seed, args.exclude,
-                           args.train_good_fraction)
+                           args.max_train_good)
     counts = table["SPLIT"].value_counts().reindex(list(SPLITS), fill_value=0)
     print(f"wrote {args.out}: " + ", ".join(f"{split} {n}" for split, n in counts.items()))
     return 0
