@@ -1,4 +1,12 @@
-"""Dataset card: runs per class and split (``counts.csv``, ``counts.md``) and a modality figure.
+"""Dataset card: runs per class and split (``counts.csv``, ``counts.md``), how easy each class is
+(``separability.csv``, ``separability.md``) and a modality figure.
+
+``separability`` gives, per defect class and modality, the best of a few simple hand features
+(sensor current/voltage level and spread, gas flow; sound RMS and impulsiveness; video brightness
+and flicker; the first photo's contrast and dark share) by its AUROC against the good runs,
+direction-free (max(AUROC, 1 - AUROC): 0.5 = no separation, 1.0 = one threshold separates every
+run of the class from every good run). A class that a single number separates is easy; one that
+no hand feature separates needs what the models learn.
 
 ``modalities.png`` shows, for one good and one defective run, a few video frames, the mel
 spectrogram, the six sensor traces and the post-weld photos, as the models receive them.
@@ -6,17 +14,31 @@ spectrogram, the six sensor traces and the post-weld photos, as the models recei
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 from weldfilm.data.dataset import PREPROCESS_KEYS, WeldingDataset
-from weldfilm.data.layout import CLASS_NAMES, NUMERIC_SENSOR_COLUMNS
+from weldfilm.data.layout import CLASS_NAMES, NUMERIC_SENSOR_COLUMNS, run_ref
 from weldfilm.data.manifest import SPLITS, read_manifest
+from weldfilm.data.readers import list_images
+from weldfilm.errors import data_error
 from weldfilm.io import atomic_path, write_text
 
 FIGURE_FRAMES = 4
+MAX_RUNS_PER_CLASS = 200  # hand features of at most this many runs per class (seeded choice): bounded cost
+# modality -> {feature: what it measures}; the separability table names the features this way
+HAND_FEATURES = {
+    "sensor": {"current_mean": "mean arc current", "current_std": "std of the arc current",
+               "voltage_mean": "mean arc voltage", "voltage_std": "std of the arc voltage",
+               "gas_flow_mean": "mean CO2 flow"},
+    "audio": {"audio_rms": "sound RMS", "audio_kurtosis": "sound kurtosis (impulsiveness)"},
+    "video": {"video_brightness": "median frame brightness", "video_flicker": "frame-to-frame brightness change"},
+    "photos": {"photo_contrast": "grey-level std of the first photo", "photo_dark_share": "near-black share of the first photo"},
+}
 
 
 def count_table(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -38,6 +60,146 @@ def markdown_table(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for code, row in table.iterrows():
         lines.append("| " + " | ".join([str(code), *(str(v) for v in row.tolist())]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _sensor_features(run_id: str, path: Path) -> dict:
+    table = pd.read_csv(path)
+    current = pd.to_numeric(table["Primary Weld Current"], errors="coerce").to_numpy(float)
+    voltage = pd.to_numeric(table["Secondary Weld Voltage"], errors="coerce").to_numpy(float)
+    if not np.isfinite(current).any() or np.nanmax(current) <= 0:
+        raise data_error(run_id, path, "no arc current above 0 in 'Primary Weld Current'",
+                         "check the file, or list the run in data.exclude_runs")
+    arc = current > 0.3 * np.nanmax(current)  # samples while the arc burns
+    return {"current_mean": float(np.mean(current[arc])), "current_std": float(np.std(current[arc])),
+            "voltage_mean": float(np.nanmean(voltage[arc])), "voltage_std": float(np.nanstd(voltage[arc])),
+            "gas_flow_mean": float(pd.to_numeric(table["CO2 Weld Flow"], errors="coerce").mean())}
+
+
+def _audio_features(path: Path) -> dict:
+    import soundfile as sf
+
+    sound, _ = sf.read(path, dtype="float32", always_2d=True)
+    sound = sound.mean(axis=1, dtype=np.float64)
+    centred = sound - sound.mean()
+    power = np.mean(centred ** 2)
+    return {"audio_rms": float(np.sqrt(np.mean(sound ** 2))),
+            "audio_kurtosis": float(np.mean(centred ** 4) / (power ** 2 + 1e-30))}
+
+
+def _video_features(run_id: str, path: Path) -> dict:
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    means = []
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            means.append(float(frame.mean()))
+    finally:
+        capture.release()
+    if len(means) < 2:
+        raise data_error(run_id, path, "fewer than 2 decodable frames", "re-export it or list the run in data.exclude_runs")
+    means = np.asarray(means)
+    return {"video_brightness": float(np.median(means)),
+            "video_flicker": float(np.std(np.diff(means)) / (np.mean(means) + 1e-9))}
+
+
+def _photo_features(run_id: str, folder: Path) -> dict:
+    import cv2
+
+    photos = list_images(folder)
+    if not photos:
+        return {"photo_contrast": np.nan, "photo_dark_share": np.nan}
+    gray = cv2.imread(str(photos[0]), cv2.IMREAD_GRAYSCALE)
+    if gray is None:
+        raise data_error(run_id, photos[0], "image cannot be decoded", "replace it or list the run in data.exclude_runs")
+    return {"photo_contrast": float(gray.std()), "photo_dark_share": float((gray < 30).mean())}
+
+
+def hand_features(data_root, subdir: str) -> dict:
+    """The HAND_FEATURES of one run, read from its files (csv, flac, avi, first photo)."""
+    run = run_ref(subdir)
+    files = run.files(data_root)
+    return {**_sensor_features(run.run_id, files["csv"]), **_audio_features(files["flac"]),
+            **_video_features(run.run_id, files["avi"]), **_photo_features(run.run_id, files["images"])}
+
+
+def feature_table(manifest: pd.DataFrame, data_root, max_per_class: int = MAX_RUNS_PER_CLASS,
+                  seed: int = 0) -> pd.DataFrame:
+    """Hand features of the manifest's runs (every split; at most ``max_per_class`` per class, seeded)."""
+    codes = manifest["CLASS_CODE"].astype(int)
+    rng = np.random.default_rng(seed)
+    picked = []
+    for code in sorted(codes.unique()):
+        subdirs = sorted(manifest.loc[codes == code, "SUBDIRS"])
+        if len(subdirs) > max_per_class:
+            subdirs = sorted(rng.choice(subdirs, size=max_per_class, replace=False).tolist())
+        picked += [(code, s) for s in subdirs]
+    rows, started = [], time.perf_counter()
+    for done, (code, subdir) in enumerate(picked, start=1):
+        rows.append({"SUBDIRS": subdir, "class_code": code, **hand_features(data_root, subdir)})
+        if done % 100 == 0 or done == len(picked):
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            print(f"card: hand features of {done}/{len(picked)} runs ({rate:.0f} runs/s, "
+                  f"ETA {(len(picked) - done) / rate:.0f} s)", flush=True)
+    return pd.DataFrame(rows)
+
+
+def separability_table(features: pd.DataFrame) -> pd.DataFrame:
+    """Per defect class: for each modality the hand feature that best separates it from the good runs
+    (direction-free AUROC) with its direction, and the best over all modalities."""
+    good = features[features["class_code"] == 0]
+    rows = []
+    for code in sorted(c for c in CLASS_NAMES if c != 0):
+        runs = features[features["class_code"] == code]
+        row = {"code": f"{code:02d}", "class": CLASS_NAMES[code], "runs": len(runs), "good_runs": len(good)}
+        best = (np.nan, "", "")
+        for modality, names in HAND_FEATURES.items():
+            choice = (np.nan, "", "")
+            for name in names:
+                values = pd.concat([good[name], runs[name]]).to_numpy(float)
+                labels = np.r_[np.zeros(len(good)), np.ones(len(runs))]
+                keep = np.isfinite(values)
+                if len(runs) == 0 or len(good) == 0 or len(np.unique(labels[keep])) < 2:
+                    continue
+                auroc = float(roc_auc_score(labels[keep], values[keep]))
+                separation, direction = (auroc, "higher") if auroc >= 0.5 else (1.0 - auroc, "lower")
+                if np.isnan(choice[0]) or separation > choice[0]:
+                    choice = (separation, name, direction)
+            row.update({f"{modality}_auroc": choice[0], f"{modality}_feature": choice[1],
+                        f"{modality}_direction": choice[2]})
+            if not np.isnan(choice[0]) and (np.isnan(best[0]) or choice[0] > best[0]):
+                best = (choice[0], modality, choice[1])
+        row.update({"best_auroc": best[0], "best_modality": best[1], "best_feature": best[2]})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("code")
+
+
+def separability_markdown(table: pd.DataFrame) -> str:
+    """The separability table as Markdown: AUROC and feature per modality, best first column after the class."""
+    def cell(row, modality):
+        if pd.isna(row[f"{modality}_auroc"]):
+            return "n/a"
+        arrow = "↑" if row[f"{modality}_direction"] == "higher" else "↓"
+        return f"{row[f'{modality}_auroc']:.2f} ({row[f'{modality}_feature']} {arrow})"
+
+    modalities = list(HAND_FEATURES)
+    lines = ["# How far one hand feature separates each class from the good runs", "",
+             "AUROC of the best single hand feature per modality against the good runs, direction-free "
+             "(max(AUROC, 1 - AUROC); ↑ = the class is higher, ↓ = lower; 0.5 = no separation, 1.00 = one "
+             "threshold separates every run). Runs of every split. A class near 1.00 is easy for anything that "
+             "sees that modality; one near 0.5 everywhere needs what a model learns beyond these numbers.", "",
+             "| code | class | runs | best | " + " | ".join(modalities) + " |",
+             "|" + "---|" * (4 + len(modalities))]
+    for code, row in table.iterrows():
+        best = "n/a" if pd.isna(row["best_auroc"]) else f"{row['best_auroc']:.2f} ({row['best_modality']})"
+        lines.append(f"| {code} | {row['class']} | {row['runs']} | {best} | "
+                     + " | ".join(cell(row, m) for m in modalities) + " |")
+    lines += ["", "Features: " + "; ".join(f"`{name}` = {what}" for names in HAND_FEATURES.values()
+                                          for name, what in names.items()) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -103,13 +265,18 @@ def example_rows(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_dataset_card(manifest_csv, data_root, out_dir, preprocess: dict) -> dict:
-    """Write ``counts.csv``, ``counts.md`` and ``modalities.png`` below ``out_dir``; return the counts."""
+    """Write ``counts.csv``, ``counts.md``, ``separability.csv``, ``separability.md`` and ``modalities.png``
+    below ``out_dir``; return the counts and the separability table."""
     out_dir = Path(out_dir)
     manifest = read_manifest(manifest_csv)
     table = count_table(manifest)
     with atomic_path(out_dir / "counts.csv") as tmp:
         table.to_csv(tmp, lineterminator="\n")
     write_text(out_dir / "counts.md", "# Runs per class and split\n\n" + markdown_table(table))
+    separability = separability_table(feature_table(manifest, data_root))
+    with atomic_path(out_dir / "separability.csv") as tmp:
+        separability.to_csv(tmp, lineterminator="\n", float_format="%.4f")
+    write_text(out_dir / "separability.md", separability_markdown(separability))
     sizes = {k: v for k, v in (preprocess or {}).items() if k in PREPROCESS_KEYS}
     sizes["audio_type"] = "mel"
     dataset = WeldingDataset(example_rows(manifest), data_root, "test", allow_missing_images=True, **sizes)
@@ -117,13 +284,14 @@ def write_dataset_card(manifest_csv, data_root, out_dir, preprocess: dict) -> di
     titles = [f"{'GOOD' if r.label == 0 else 'DEFECT'}: {r.class_name}\n{r.configuration}/\n{r.run_id}"
               for r in dataset.runs]
     plot_modalities(samples, out_dir / "modalities.png", titles)
-    return {"counts": {code: row.drop("class").to_dict() for code, row in table.iterrows()}}
+    return {"counts": {code: row.drop("class").to_dict() for code, row in table.iterrows()},
+            "separability": separability.reset_index().to_dict("records")}
 
 
 def add_cli_arguments(parser) -> None:
     parser.add_argument("--manifest", required=True, help="manifest CSV")
     parser.add_argument("--data-root", required=True, help="folder holding the runs")
-    parser.add_argument("--out", required=True, help="folder for counts.csv, counts.md, modalities.png")
+    parser.add_argument("--out", required=True, help="folder for counts.csv/.md, separability.csv/.md, modalities.png")
     parser.add_argument("--config", default=None, help="config.yaml whose preprocess sizes to use (default: schema defaults)")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from weldfilm import paper as paper_outputs
 from weldfilm.config import REPO_ROOT, method_audio_settings, run_config
-from weldfilm.feature_keys import feature_dir_key
+from weldfilm.feature_keys import cached_splits, feature_build_mem_mb, feature_dir_key
 from weldfilm.io import stable_hash
 from weldfilm.run_keys import method_backbones, run_shape_hash
 
@@ -32,7 +32,7 @@ PAPER_MANIFEST = CFG["data"]["paper_manifest"]
 MANIFEST = os.path.join(RESULTS, "data", "manifest.csv")
 VALIDATION = os.path.join(RESULTS, "data", "validation.json")
 CARD_DIR = os.path.join(RESULTS, "data", "card")
-CARD_FILES = ["counts.csv", "counts.md", "modalities.png"]
+CARD_FILES = ["counts.csv", "counts.md", "separability.csv", "separability.md", "modalities.png"]
 
 # backbone config key -> folder name written by `weldfilm tiny-backbones` (weldfilm.models.tiny.TINY_DIRS)
 TINY_BACKBONE_NAMES = {
@@ -146,9 +146,11 @@ def run_dir(wildcards):
 
 
 def feature_files(wildcards):
-    """The cached features of every split the run reads ([] for a method without a cache)."""
-    key = feature_key_of(run_settings(wildcards))
-    return expand(FEATURE_FILE, feature_key=key, split=SPLITS) if key else []
+    """The cached features of every split the run reads ([] for a method without a cache; no TRAIN cache
+    for a run that trains on augmented inputs: weldfilm.feature_keys.cached_splits)."""
+    settings = run_settings(wildcards)
+    key = feature_key_of(settings)
+    return expand(FEATURE_FILE, feature_key=key, split=cached_splits(cached_run_config(**settings))) if key else []
 
 
 def train_inputs(wildcards):

@@ -65,7 +65,7 @@ rule validate:
 
 
 rule dataset_card:
-    """Counts per class and split, and a figure of one run's modalities."""
+    """Counts per class and split, how far one hand feature separates each class, and a figure of one run's modalities."""
     input:
         data=DATA_ROOT,
         manifest=MANIFEST,
@@ -73,6 +73,8 @@ rule dataset_card:
     output:
         counts_csv=report(f"{CARD_DIR}/counts.csv", caption="../report/dataset_card.rst", category="Data"),
         counts_md=f"{CARD_DIR}/counts.md",
+        separability_csv=report(f"{CARD_DIR}/separability.csv", caption="../report/separability.rst", category="Data"),
+        separability_md=f"{CARD_DIR}/separability.md",
         modalities=report(f"{CARD_DIR}/modalities.png", caption="../report/modalities.rst", category="Data"),
     params:
         config_hash=section_hash("data", "preprocess"),
