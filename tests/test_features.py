@@ -76,3 +76,54 @@ def test_cached_and_recomputed_features_give_the_same_scores(cfg):
     assert on_the_fly.feature_source["val"] == "backbones on the fly"
     assert cached["sample_id"].tolist() == recomputed["sample_id"].tolist()
     assert np.max(np.abs(cached["score"].to_numpy() - recomputed["score"].to_numpy())) < 1e-5
+
+
+def test_cache_file_is_safetensors_read_memory_mapped(cfg, tmp_path):
+    from safetensors import safe_open
+
+    half = {**cfg, "train": {**cfg["train"], "feature_cache_dtype": "fp16"}}
+    path = build_feature_cache(half, "val", tmp_path / "val.safetensors", device="cpu")
+    data = FeatureDataset(path, cache_key(half))
+    assert isinstance(data.tensors["video_tokens"], np.memmap)  # served from the file, not loaded whole
+    with safe_open(str(path), framework="pt") as handle:  # the standard reader accepts the streamed layout
+        assert handle.metadata()["key"] == cache_key(half)
+        stored = {name: handle.get_tensor(name) for name in handle.keys()}
+    assert stored["video_tokens"].dtype == torch.float16 and stored["label"].dtype == torch.int64
+    assert torch.equal(stored["__text_embedding__"], data.text_embedding)
+    served = data[[1, 0]]
+    assert served["video_tokens"].dtype == torch.float32
+    assert torch.equal(served["video_tokens"], stored["video_tokens"][[1, 0]].float())
+    assert torch.equal(served["label"], stored["label"][[1, 0]])
+    full = FeatureDataset(build_feature_cache(cfg, "val", tmp_path / "full.safetensors", device="cpu"), None)
+    assert torch.allclose(served["video_tokens"], full[[1, 0]]["video_tokens"], atol=1e-2)
+
+
+def test_train_cache_only_where_a_run_reads_it(cfg):
+    from weldfilm.feature_keys import cached_splits
+
+    augmented = {**cfg, "train": {**cfg["train"], "use_augmentations": True}}
+    assert cached_splits(cfg) == ("train", "val", "test")
+    assert cached_splits(augmented) == ("val", "test")  # backbones run live on augmented TRAIN inputs
+    assert cached_splits({**cfg, "train": {**cfg["train"], "feature_cache": False}}) == ()
+    for config in (cfg, augmented):
+        method = CausalFiLMMethod(config, cfg["results"] + "/run_splits", torch.device("cpu"))
+        assert [s for s in ("train", "val", "test") if method.uses_cache(s)] == list(cached_splits(config))
+
+
+def test_precision_is_fp32_on_the_cpu_whatever_the_config(cfg):
+    from weldfilm.models.backbones import FrozenBackbones
+    from weldfilm.training.precision import backbone_autocast, precision_record
+
+    wanted = {**cfg["train"], "backbone_precision": "bf16", "allow_tf32": True, "mixed_precision": True,
+              "amp_dtype": "bf16"}
+    record = precision_record("cpu", wanted)
+    assert (record["backbones"], record["heads"], record["tf32"]) == ("fp32", "fp32", False)
+    assert "CUDA only" in record["note"] and record["configured"]["backbone_precision"] == "bf16"
+    assert precision_record("cuda", wanted)["backbones"] == "bf16"
+    assert not isinstance(backbone_autocast("cpu", wanted), torch.autocast)
+    backbones = FrozenBackbones.from_config({**cfg, "train": wanted}, "cpu")
+    reference = FrozenBackbones.from_config(cfg, "cpu")
+    audio = torch.rand(2, 1, cfg["preprocess"]["audio_mel_bins"], cfg["preprocess"]["audio_frames"])
+    assert torch.equal(backbones.audio_tokens(audio), reference.audio_tokens(audio))
+    bf16 = {**cfg, "train": wanted}
+    assert feature_dir_key(bf16) != feature_dir_key(cfg)  # bf16 features never mix with fp32 ones

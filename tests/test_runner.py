@@ -37,6 +37,8 @@ def test_train_then_evaluate_writes_valid_outputs(cfg, tmp_path):
     assert {"run", "config", "describe", "token_shapes", "selection_split", "notes", "provenance", "fit"} <= set(on_disk)
     assert on_disk["describe"]["text_term"]["active"] is True
     assert on_disk["token_shapes"]["image_tokens"][1] == 2
+    assert on_disk["precision"]["backbones"] == on_disk["precision"]["heads"] == "fp32"  # CPU: fp32, recorded
+    assert on_disk["describe"]["precision"] == "backbones fp32, heads fp32, TF32 off (cpu)"
     assert metadata["fit"]["epochs_run"] == 2 and (run_dir / "checkpoints" / "best.pt").is_file()
     assert len((run_dir / "train_log.jsonl").read_text().splitlines()) == 2
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from weldfilm.feature_keys import cached_splits
 from weldfilm.features import (CAUSAL_FILM_MODALITIES, FeatureDataset, build_feature_cache, cache_file, cache_is_current,
                                cache_key, default_feature_dir, feature_loader)
 from weldfilm.methods import Method, make_loader, normal_only_indices, scores_frame
@@ -59,8 +60,7 @@ class CausalFiLMMethod(Method):
         return self._backbones
 
     def uses_cache(self, split: str) -> bool:
-        augmented = split.lower() == "train" and self.uses_augmentation()
-        return bool(self.cfg["train"].get("feature_cache", True)) and not augmented
+        return split.lower() in cached_splits(self.cfg)  # the workflow builds exactly these caches
 
     def split_data(self, split: str):
         """The split's dataset (FeatureDataset or WeldingDataset), with ``labels`` and ``sample_ids``."""

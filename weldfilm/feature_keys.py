@@ -8,6 +8,7 @@ backbone folders and of the manifest and is what a cache must match.
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 from weldfilm.errors import ConfigError
@@ -23,7 +24,7 @@ _SMALL_FILE = 1 << 20
 
 def feature_spec(cfg: dict) -> dict:
     """Every config value the cached features depend on."""
-    return {
+    spec = {
         "format": FORMAT_VERSION,
         "backbones": {k: cfg["backbones"].get(k) for k in ("source", "tiny_seed", *BACKBONE_KEYS)},
         "preprocess": cfg["preprocess"],
@@ -32,6 +33,46 @@ def feature_spec(cfg: dict) -> dict:
         "data": {k: cfg["data"].get(k) for k in DATA_KEYS},
         "storage_dtype": cfg["train"].get("feature_cache_dtype", "fp32"),
     }
+    precision = cfg["train"].get("backbone_precision", "fp32")
+    if precision != "fp32":  # (absent for fp32: the keys of existing fp32 caches stay as they were)
+        spec["backbone_precision"] = precision
+    return spec
+
+
+def cached_splits(cfg: dict) -> tuple[str, ...]:
+    """The splits a Causal-FiLM run with run config ``cfg`` reads from the feature cache.
+
+    None without ``train.feature_cache``; never TRAIN when the run trains with augmentation (its
+    backbones then run live on augmented TRAIN inputs, so a TRAIN cache would be built for no one).
+    The method (``CausalFiLMMethod.uses_cache``) and the workflow (the caches a train job asks for)
+    both decide with this function.
+    """
+    if not cfg["train"].get("feature_cache", True):
+        return ()
+    augmented = bool(cfg["train"].get("use_augmentations", False))
+    return ("val", "test") if augmented else ("train", "val", "test")
+
+
+# Memory of a feature-cache build (benchmarks/feature_memory.py, 2-core CPU, tiny backbones, default
+# sizes): 0.41 GB before the build (torch, transformers, backbones), +12.5 MB per run of a batch and
+# ~0.19 GB fixed; 0.90 GB peak with a batch of 24 runs, so ~1.0 GB for a full batch of 32. Since the
+# cache is streamed, the split size adds nothing. Pretrained checkpoints add their weights (counted
+# twice: a checkpoint file and the model it fills may both be resident while loading).
+BUILD_PEAK_MB = 1000
+BUILD_PEAK_MB_PER_BATCH_RUN = 12.5
+BUILD_MEMORY_MARGIN = 2.0
+
+
+def feature_build_mem_mb(cfg: dict) -> int:
+    """``mem_mb`` of the job that builds one split's cache: the measured peak with its margin."""
+    batch = int(cfg["train"].get("eval_batch_size", 32))
+    peak = BUILD_PEAK_MB + BUILD_PEAK_MB_PER_BATCH_RUN * max(batch - 32, 0)
+    if cfg["backbones"].get("source") == "pretrained":
+        for key in BACKBONE_KEYS:
+            folder = cfg["backbones"].get(key)
+            if folder and Path(folder).is_dir():
+                peak += 2 * sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 2**20
+    return int(math.ceil(BUILD_MEMORY_MARGIN * peak / 100.0)) * 100
 
 
 def feature_dir_key(cfg: dict) -> str:

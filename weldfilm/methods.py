@@ -16,6 +16,7 @@ import torch
 
 from weldfilm.errors import ConfigError
 from weldfilm.training import Trainer, seeded_generator
+from weldfilm.training.precision import configure_precision
 
 REGISTRY: dict[str, str] = {
     "causal_film": "weldfilm.causal_film_method:CausalFiLMMethod",
@@ -91,6 +92,7 @@ class Method:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.device = torch.device(device) if device is not None else resolve_device(cfg["train"])
+        configure_precision(self.device, cfg["train"])  # TF32 + frozen encoders' autocast (weldfilm.training.precision)
         self.seed = int((cfg.get("run") or {}).get("seed", 0))
         self.notes: list[str] = []
 

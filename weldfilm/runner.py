@@ -13,6 +13,7 @@ from pathlib import Path
 from weldfilm.errors import ConfigError
 from weldfilm.io import provenance, write_json
 from weldfilm.methods import get_method, resolve_device
+from weldfilm.training.precision import precision_record, precision_text
 
 METADATA = "metadata.json"
 
@@ -43,10 +44,12 @@ def fit_run(method, resume: bool = False) -> dict:
     feature_dir = getattr(method, "feature_dir", None)
     started = time.perf_counter()
     summary = method.fit(resume=resume)
+    precision = precision_record(device, cfg["train"])
     metadata = {
         "run": cfg["run"],
         "config": cfg,
-        "describe": method.describe(),
+        "describe": {**method.describe(), "precision": precision_text(precision)},  # a row of the fairness table
+        "precision": precision,
         "token_shapes": method.token_shapes(),
         "selection_split": method.selection_split,
         "fit": summary,

@@ -36,6 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from weldfilm.errors import BackboneError, ConfigError  # noqa: E402
 from weldfilm.io import stable_hash  # noqa: E402
+from weldfilm.training.precision import as_fp32, backbone_autocast  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -165,8 +166,9 @@ class FrozenBackbones:
     """The four frozen backbones of Causal-FiLM on one device; every call runs under ``torch.no_grad``."""
 
     def __init__(self, video_model, audio_model, image_model, clip_model, tokenizer, directories: dict,
-                 preprocess: dict, result_layers, device):
+                 preprocess: dict, result_layers, device, train_cfg: dict | None = None):
         self.video_model, self.audio_model, self.image_model = video_model, audio_model, image_model
+        self.train_cfg = dict(train_cfg or {})  # backbone_precision (weldfilm.training.precision)
         self.clip_model, self.tokenizer = clip_model, tokenizer
         self.directories = {k: (str(v) if v is not None else None) for k, v in directories.items()}
         self.preprocess = dict(preprocess)
@@ -199,7 +201,8 @@ class FrozenBackbones:
             clip = load_pretrained(paths["clip"], CLIPTextModelWithProjection)
             tokenizer = load_clip_tokenizer(paths["clip"], clip.config.vocab_size)
         directories = {name: paths.get(name) for name in ("video", "audio", "image", "clip")}
-        return cls(video, audio, image, clip, tokenizer, directories, pre, cfg["causal_film"]["result_layers"], device)
+        return cls(video, audio, image, clip, tokenizer, directories, pre, cfg["causal_film"]["result_layers"], device,
+                   train_cfg=cfg.get("train"))
 
     @staticmethod
     def _audio_normalisation(directory: Path) -> dict:
@@ -222,8 +225,9 @@ class FrozenBackbones:
             raise BackboneError(f"video has {video.shape[1]} frames, not a multiple of V-JEPA2's tubelet size "
                                 f"{config.tubelet_size}; change preprocess.video_frames")
         pixels = normalise_images(video.to(self.device, torch.float32), self.video_norm)
-        tokens = self.video_model(pixel_values_videos=pixels, skip_predictor=True).last_hidden_state
-        return tokens
+        with backbone_autocast(self.device, self.train_cfg):
+            tokens = self.video_model(pixel_values_videos=pixels, skip_predictor=True).last_hidden_state
+        return as_fp32(tokens)
 
     @torch.no_grad()
     def audio_tokens(self, mel: torch.Tensor) -> torch.Tensor:
@@ -232,8 +236,9 @@ class FrozenBackbones:
         values = resize_mel_for_ast(mel.to(self.device, torch.float32), self.preprocess["audio_mel_bins"],
                                     config.max_length, config.num_mel_bins)
         values = (values - self.audio_norm["mean"]) / (2 * self.audio_norm["std"])
-        tokens = self.audio_model(input_values=values).last_hidden_state
-        return tokens
+        with backbone_autocast(self.device, self.train_cfg):
+            tokens = self.audio_model(input_values=values).last_hidden_state
+        return as_fp32(tokens)
 
     @torch.no_grad()
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
@@ -242,8 +247,9 @@ class FrozenBackbones:
             raise BackboneError(f"post-weld images must be (B, N, 3, H, W), got shape {tuple(images.shape)}")
         batch, views = images.shape[:2]
         pixels = normalise_images(images.to(self.device, torch.float32).flatten(0, 1), self.image_norm)
-        hidden = self.image_model(pixel_values=pixels, output_hidden_states=True).hidden_states
-        chosen = torch.stack([hidden[i] for i in self.result_layers], dim=1)  # (B*N, 2, L, Di)
+        with backbone_autocast(self.device, self.train_cfg):
+            hidden = self.image_model(pixel_values=pixels, output_hidden_states=True).hidden_states
+        chosen = torch.stack([as_fp32(hidden[i]) for i in self.result_layers], dim=1)  # (B*N, 2, L, Di)
         tokens = chosen.unflatten(0, (batch, views))
         return tokens
 
@@ -253,7 +259,8 @@ class FrozenBackbones:
         if self.clip_model is None:
             raise BackboneError("no CLIP text model configured (backbones.clip is null); the text term is off")
         encoded = self.tokenizer([prompt], return_tensors="pt", padding=True).to(self.device)
-        return self.clip_model(**encoded).text_embeds[0]
+        with backbone_autocast(self.device, self.train_cfg):
+            return as_fp32(self.clip_model(**encoded).text_embeds[0])
 
     def extract(self, batch: dict) -> dict:
         """A collated data batch -> the feature batch the cache stores and the Causal-FiLM head consumes."""

@@ -16,7 +16,7 @@ rule features:
         log_path("features", "{feature_key}", "{split}"),
     threads: GPU_JOB_THREADS
     resources:
-        mem_mb=16000,
+        mem_mb=feature_build_mem_mb(CFG),  # measured peak x 2 (weldfilm/feature_keys.py, benchmarks/feature_memory.py)
         runtime=240,
         gpu=GPU_PER_JOB,
     conda:
