@@ -156,3 +156,111 @@ class CausalFiLMMethod(Method):
         if getattr(self, "head_description", None):
             out["head"] = self.head_description
         return out
+
+    # ------------------------------------------------------------------------------ scoring new welds
+    NEUTRALISATIONS = ("train_mean", "zeros")
+
+    def neutral_tokens(self, how: str = "train_mean") -> dict:
+        """Per-token stand-ins of the process branches for ``explain_inputs``: ``{"video_tokens", "audio_tokens"}``.
+
+        ``train_mean``: the mean raw backbone tokens (per position) over the normal TRAIN runs the head
+        was fitted on (the feature cache when on, else the backbones); ``zeros``: zero tokens.
+        """
+        if how not in self.NEUTRALISATIONS:
+            raise ValueError(f"neutralisation must be one of {self.NEUTRALISATIONS}, got {how!r}")
+        if how == "zeros":
+            return {}
+        train = self.split_data("train")
+        keep = normal_only_indices(train.labels, train.sample_ids)
+        sums, count = {}, 0
+        for features in self.loader_of(train, train=False, indices=keep):
+            for key in ("video_tokens", "audio_tokens"):
+                tokens = torch.as_tensor(features[key]).float()
+                sums[key] = sums.get(key, 0) + tokens.sum(dim=0)
+            count += len(features["sample_id"])
+        return {key: value / max(1, count) for key, value in sums.items()}
+
+    def explain_inputs(self, dataset, neutral: str = "train_mean", saliency: bool = False) -> list[dict]:
+        """Score the runs of ``dataset`` (a ``WeldingDataset`` of new welds) and explain each score.
+
+        Per run: ``score`` (the head's score, as ``score``), ``views`` (each photo's view score = the
+        anomaly score with that view alone as Z_res; with max view pooling ``max_share`` = the share of
+        Z_res dimensions whose max comes from that view; padded views are marked and never pooled unless
+        ``view_padding: include``), ``modalities`` (the score with one process branch neutralised and
+        the influence = score - that score): video / audio tokens replaced by ``neutral_tokens(neutral)``,
+        the sensor by identity FiLM (gamma 1, beta 0, what the ``no_sensor`` / ``no_film`` ablations
+        apply); a branch the model lacks (``process_branch`` ablations, ``use_sensor: false``) is None.
+        ``saliency``: per view ``(side, side)`` maps of |d score / d DINOv3 patch tokens| (L2 over
+        channels, summed over the two result layers; prefix tokens dropped). No weight changes.
+        """
+        from weldfilm.models.encoders import view_mask
+        from weldfilm.models.film import identity_film_parameters
+        from weldfilm.models.losses import compute_anomaly_score
+
+        head = self.selected_head().eval()
+        model = head.model
+        stand_ins = self.neutral_tokens(neutral)
+        prefix = int(self.meta()["dims"].get("image_prefix_tokens", 1))
+        top_k = model.cfg["top_k_ratio"]
+        include_padded = model.cfg["view_padding"] == "include"
+        results = []
+        for features in self.loader_of(dataset, train=False):
+            features = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in features.items()}
+            ids = list(features["sample_id"])
+            with torch.no_grad():
+                scores = model.anomaly_scores(features)
+                gamma, beta = model.film_parameters(features, len(ids))
+                z_pred = model.decoder(model.process_feature(features, gamma, beta))
+                images = model._tokens(features, "image_tokens")
+                per_view = model.result_encoder(images.flatten(0, 1)).unflatten(0, images.shape[:2])  # (B, N, d)
+                mask = view_mask(features["num_images"], images.shape[1], ids, include_padded=include_padded)
+                view_scores = torch.stack([compute_anomaly_score(per_view[:, v], z_pred, top_k)
+                                           for v in range(images.shape[1])], dim=1)
+                winners = per_view.masked_fill(~mask.unsqueeze(-1), float("-inf")).argmax(dim=1)  # (B, d)
+                modal = {}
+                for name, key, present in (("video", "video_tokens", model.uses_video),
+                                           ("audio", "audio_tokens", model.uses_audio)):
+                    if present:
+                        raw = torch.as_tensor(features[key])
+                        fill = stand_ins.get(key)
+                        fill = torch.zeros_like(raw) if fill is None else fill.to(raw).expand_as(raw)
+                        modal[name] = model.anomaly_scores({**features, key: fill})
+                if model.modulator is not None and model.cfg["use_film"]:
+                    identity = identity_film_parameters(len(ids), model.d_model, z_pred)
+                    z_plain = model.decoder(model.process_feature(features, *identity))
+                    modal["sensor"] = compute_anomaly_score(model.result_feature(features), z_plain, top_k)
+            maps = self._saliency(model, features, prefix) if saliency else None
+            for i, sid in enumerate(ids):
+                n_real = int(features["num_images"][i])
+                views = []
+                for v in range(images.shape[1]):
+                    views.append({"index": v, "padded": v >= n_real, "pooled": bool(mask[i, v]),
+                                  "score": float(view_scores[i, v]),
+                                  "max_share": (float((winners[i] == v).float().mean())
+                                                if model.cfg["view_pooling"] == "max" else None)})
+                full = float(scores[i])
+                influence = {}
+                for name in ("video", "audio", "sensor"):
+                    if name in modal:
+                        value = float(modal[name][i])
+                        influence[name] = {"score_neutralised": value, "influence": full - value}
+                    else:
+                        influence[name] = None
+                results.append({"sample_id": sid, "score": full, "views": views, "modalities": influence,
+                                "saliency": None if maps is None else maps[i][:n_real]})
+        return results
+
+    def _saliency(self, model, features: dict, prefix: int):
+        """``(B, N, side, side)`` numpy maps of |d score / d DINOv3 patch tokens| of one feature batch."""
+        import numpy as np
+
+        with torch.enable_grad():
+            tokens = model._tokens(features, "image_tokens").detach().requires_grad_(True)
+            score = model.anomaly_scores({**features, "image_tokens": tokens}).sum()
+            (grad,) = torch.autograd.grad(score, tokens)
+        magnitude = grad.norm(dim=-1).sum(dim=2)[..., prefix:]  # (B, N, patches)
+        side = int(round(magnitude.shape[-1] ** 0.5))
+        if side * side != magnitude.shape[-1]:
+            side_map = magnitude  # not a square grid: keep the token row
+            return side_map.unsqueeze(-2).cpu().numpy().astype(np.float32)
+        return magnitude.unflatten(-1, (side, side)).cpu().numpy().astype(np.float32)

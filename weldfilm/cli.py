@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "features": ("weldfilm.features", "compute and cache frozen-backbone features of one split"),
     "train": ("weldfilm.runner", "train one method (or ablation) with one seed"),
     "evaluate": ("weldfilm.evaluation", "score a trained run on a split; write scores.csv and metrics.json"),
+    "score": ("weldfilm.scoring", "score new weld run folders with a trained run; decision, threshold, explanation"),
     "tables": ("weldfilm.paper.tables", "build the paper's tables from results files"),
     "figures": ("weldfilm.paper.figures", "build the paper's figures from results files"),
     "paper": ("weldfilm.paper.render", "render the paper (Markdown/HTML, PDF when LaTeX is present)"),

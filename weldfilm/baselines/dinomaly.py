@@ -175,6 +175,31 @@ class DinomalyMethod(Method):
     def score(self, split: str):
         return self._evaluate(split)[0]
 
+    def input_overrides(self) -> dict:
+        """Dataset arguments of the runs Dinomaly reads: every photo at ``dinomaly.resize``."""
+        return {"modalities": self.modalities, "image_size": self.section["resize"]}
+
+    @torch.no_grad()
+    def score_inputs(self, dataset) -> list[dict]:
+        """Score the runs of ``dataset`` (a ``WeldingDataset`` of new welds read with ``input_overrides``)
+        with the selected head, from the photos (no encoder cache: the runs are in no split): per run
+        ``sample_id``, ``score`` (the run score of ``score``), ``image_scores`` and ``maps``
+        ``(num_images, map_size, map_size)``, one map per real photo in name order (the per-image maps
+        ``anomaly_maps`` takes its best-image map from)."""
+        head, out = self._selected_head(), []
+        for batch in progress(self.loader(dataset, train=False), "Dinomaly scoring new welds", unit="batch"):
+            batch = move_to_device(batch, self.device)
+            with autocast_context(self.device, self.cfg["train"]):
+                run_scores, _ = head.scores_and_maps(batch)
+                maps, run_index = head.anomaly_maps(batch)
+            per_image = head.image_scores_of(maps).float().cpu()
+            maps, run_index = maps[:, 0].float().cpu().numpy(), run_index.cpu()
+            for i, sid in enumerate(batch["sample_id"]):
+                mine = (run_index == i).nonzero().flatten()
+                out.append({"sample_id": sid, "score": float(run_scores[i]),
+                            "image_scores": per_image[mine].tolist(), "maps": maps[mine.numpy()]})
+        return out
+
     def anomaly_maps(self, split: str) -> np.ndarray:
         """Per run, the map ``(map_size, map_size)`` of its highest-scoring image, in ``score`` order."""
         return self._evaluate(split)[1]

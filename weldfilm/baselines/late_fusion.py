@@ -71,12 +71,16 @@ class LateFusionMethod(Method):
         key = (split, branch)
         if key not in self._datasets:
             s = self.section
-            dataset = self.dataset(split, augment=False, modalities=(branch,), audio_type="stft",
-                                   audio_sr=s["audio_sr"], n_fft=s["n_fft"], hop_length=s["hop_length"],
-                                   audio_frames=s["audio_frames"], video_frames=s["video_frames"],
-                                   frame_size=s["frame_size"])
+            dataset = self.dataset(split, augment=False, **self.input_overrides(branch))
             self._datasets[key] = MemoryCachedDataset(dataset) if s["cache_inputs"] else dataset
         return self._datasets[key]
+
+    def input_overrides(self, branch: str) -> dict:
+        """Dataset arguments of one branch: STFT audio at Late Fusion's rate and window, or its video frames."""
+        s = self.section
+        return {"modalities": (branch,), "audio_type": "stft", "audio_sr": s["audio_sr"], "n_fft": s["n_fft"],
+                "hop_length": s["hop_length"], "audio_frames": s["audio_frames"], "video_frames": s["video_frames"],
+                "frame_size": s["frame_size"]}
 
     def _loader(self, split: str, branch: str, train: bool = False):
         dataset = self._dataset(split, branch)
@@ -167,6 +171,26 @@ class LateFusionMethod(Method):
                           weights_from=f"grid search on {self.selection}", search_i_auroc=best["i_auroc"])
         write_json(self.fusion_path, fusion)
         return fusion
+
+    def score_inputs(self, datasets: dict) -> dict:
+        """Score new welds: ``datasets`` maps each branch to a ``WeldingDataset`` of the same runs read with
+        ``input_overrides(branch)``. Returns ``sample_id``, each branch's raw autoencoder score and its
+        z-score with the TRAIN statistics of ``fusion.json`` (``audio``, ``audio_z``, ``video``, ``video_z``),
+        the weights and the fused ``score`` (as ``score``)."""
+        fusion = read_json(self.fusion_path, "Late Fusion statistics (written by fit)")
+        out = {"w_audio": fusion["w_audio"], "w_video": fusion["w_video"], "weights_from": fusion.get("weights_from")}
+        for branch in BRANCHES:
+            head = self._head(branch)
+            load_selected_weights(head, self.run_dir / "checkpoints" / f"{branch}_best.pt")
+            scored = score_loader(head.to(self.device), self.loader(datasets[branch], train=False), self.device,
+                                  self.cfg["train"], desc=f"Late Fusion {branch} scores of new welds")
+            if "sample_id" in out and out["sample_id"] != scored["sample_id"]:
+                raise RuntimeError("Late Fusion: the audio and video loaders of the new welds disagree on the order")
+            stats = fusion["stats"][branch]
+            out.update({"sample_id": scored["sample_id"], branch: scored["score"],
+                        f"{branch}_z": (scored["score"] - stats["mean"]) / stats["std"]})
+        out["score"] = fuse_scores(out["audio"], out["video"], fusion["stats"], fusion["w_audio"], fusion["w_video"])
+        return out
 
     def score(self, split: str):
         fusion = read_json(self.fusion_path, "Late Fusion statistics (written by fit)")
