@@ -53,10 +53,12 @@ def cached_splits(cfg: dict) -> tuple[str, ...]:
     return ("val", "test") if augmented else ("train", "val", "test")
 
 
-# Memory of a feature-cache build (benchmarks/feature_memory.py, 2-core CPU, tiny backbones, default
-# sizes): 0.41 GB before the build (torch, transformers, backbones), +12.5 MB per run of a batch and
-# ~0.19 GB fixed; 0.90 GB peak with a batch of 24 runs, so ~1.0 GB for a full batch of 32. Since the
-# cache is streamed, the split size adds nothing. Pretrained checkpoints add their weights (counted
+# Memory of a feature-cache build, measured 2026-12-02 on a 2-core CPU with tiny backbones and the
+# default sizes (`python benchmarks/feature_memory.py --image-size 224 --batch-size 32`): 0.41 GB
+# before the build (torch, transformers, backbones), 0.70 GB peak with a batch of 8 runs, 0.90 GB
+# with 24 (+12.5 MB per run of a batch), so ~1.0 GB for a full batch of 32. The cache is streamed,
+# so the split size adds nothing (`--inflate 16`: 0.42-0.44 GB growth for VAL of 8 and of 24 runs,
+# where holding the split grew 0.51 -> 1.01 GB). Pretrained checkpoints add their weights (counted
 # twice: a checkpoint file and the model it fills may both be resident while loading).
 BUILD_PEAK_MB = 1000
 BUILD_PEAK_MB_PER_BATCH_RUN = 12.5

@@ -73,6 +73,9 @@ def load_pretrained(path, expected_class, **config_overrides):
     """
     from transformers import AutoConfig, AutoModel
 
+    from weldfilm.training.progress import library_bars_to_logs
+
+    library_bars_to_logs()  # no carriage-return bar of the weight loading in a job's log
     directory = Path(path)
     what = expected_class.__name__
     _check_directory(directory, what)

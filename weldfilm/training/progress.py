@@ -97,3 +97,22 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: s
     return _LogTqdm(iterable, desc=desc, total=total, unit=unit, file=_LineStream(stream), mininterval=interval,
                     maxinterval=max(interval, 10.0), leave=True, bar_format=LOG_FORMAT if total else None,
                     delay=interval if nested else 0.0, disable=not enabled())
+
+
+def library_bars_to_logs() -> None:
+    """In a log file (stderr not a terminal), silence the live bars of transformers / huggingface_hub
+    (checkpoint loading and writing): they redraw with carriage returns, one unreadable line in a log."""
+    if _is_tty(sys.stderr):
+        return
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass
