@@ -248,3 +248,35 @@ def test_deviations_table_is_built_with_the_paper_tables(tmp_path):
     assert "[1] runs with fewer than 5 photos" in markdown and "Kind `flaw`" in markdown
     tex = (tmp_path / "tables" / "deviations.tex").read_text()
     assert r"\label{tab:deviations}" in tex and r"causal\_film.view\_padding" in tex
+
+
+# ------------------------------------------------------------------------------ augmented TRAIN split
+def test_augmented_train_runs_are_decoded_once_and_augmented_as_before(tiny_config, tmp_path):
+    """paper_faithful augments Causal-FiLM's TRAIN runs (no feature cache): with train.cache_inputs each run's
+    files are decoded once and every epoch draws the same augmented sample as decoding afresh would."""
+    from weldfilm.causal_film_method import CausalFiLMMethod, DecodedOnce
+    from weldfilm.data.manifest import build_manifest
+
+    build_manifest(tiny_config["data"]["root"], f"{tiny_config['results']}/data/manifest.csv")
+    cfg = run_config(tiny_config, "causal_film", 0, "paper_faithful")
+    assert cfg["train"]["use_augmentations"] and cfg["train"]["cache_inputs"]
+    kept = CausalFiLMMethod(cfg, tmp_path / "kept", torch.device("cpu")).split_data("train")
+    plain_cfg = run_config(prepare({**tiny_config, "train": {**tiny_config["train"], "cache_inputs": False}}),
+                           "causal_film", 0, "paper_faithful")
+    plain = CausalFiLMMethod(plain_cfg, tmp_path / "plain", torch.device("cpu")).split_data("train")
+    assert kept.augment and isinstance(kept.read_arrays, DecodedOnce) and not isinstance(plain.read_arrays, DecodedOnce)
+    reads = []
+    decode = kept.read_arrays.read_arrays
+    kept.read_arrays.read_arrays = lambda index: reads.append(index) or decode(index)
+    for epoch in (0, 1):
+        kept.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        for index in range(3):
+            a, b = kept[index], plain[index]
+            for key in ("video", "post_weld_images", "audio", "sensor"):
+                assert torch.equal(a[key], b[key]), (epoch, index, key)
+    assert reads == [0, 1, 2]  # decoded in epoch 0 only
+    kept.set_epoch(0)
+    first = kept[0]["video"]
+    kept.set_epoch(1)
+    assert not torch.equal(first, kept[0]["video"])  # a fresh augmentation every epoch

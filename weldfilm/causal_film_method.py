@@ -36,6 +36,23 @@ class ExtractingLoader:
             yield self.backbones.extract(batch)
 
 
+class DecodedOnce:
+    """``WeldingDataset.read_arrays`` that decodes each run once and keeps its arrays (``train.cache_inputs``).
+
+    The section-8.6 augmentation functions return new arrays and never change their input, so an augmented
+    split reads every run's files once and draws a fresh augmentation of the kept arrays every epoch: the
+    same samples as decoding each epoch, without the decoding.
+    """
+
+    def __init__(self, read_arrays):
+        self.read_arrays, self.arrays = read_arrays, {}
+
+    def __call__(self, index: int) -> dict:
+        if index not in self.arrays:
+            self.arrays[index] = self.read_arrays(index)
+        return self.arrays[index]
+
+
 class CausalFiLMMethod(Method):
     name = "causal_film"
     paper_selection_split = "val"
@@ -83,6 +100,8 @@ class CausalFiLMMethod(Method):
                               "token_shapes": data.meta["token_shapes"], "text": data.meta["text"]}
             return data
         data = self.dataset(split, augment=None)
+        if data.augment and self.cfg["train"].get("cache_inputs", True):
+            data.read_arrays = DecodedOnce(data.read_arrays)  # augmented afresh each epoch from the kept arrays
         self.feature_source[split] = "backbones on the fly" + (" (augmented)" if data.augment else "")
         return data
 
@@ -170,10 +189,13 @@ class CausalFiLMMethod(Method):
             raise ValueError(f"neutralisation must be one of {self.NEUTRALISATIONS}, got {how!r}")
         if how == "zeros":
             return {}
+        from weldfilm.training.progress import progress
+
         train = self.split_data("train")
         keep = normal_only_indices(train.labels, train.sample_ids)
         sums, count = {}, 0
-        for features in self.loader_of(train, train=False, indices=keep):
+        for features in progress(self.loader_of(train, train=False, indices=keep),
+                                 "Causal-FiLM TRAIN mean process tokens", unit="batch"):
             for key in ("video_tokens", "audio_tokens"):
                 tokens = torch.as_tensor(features[key]).float()
                 sums[key] = sums.get(key, 0) + tokens.sum(dim=0)
@@ -196,6 +218,7 @@ class CausalFiLMMethod(Method):
         from weldfilm.models.encoders import view_mask
         from weldfilm.models.film import identity_film_parameters
         from weldfilm.models.losses import compute_anomaly_score
+        from weldfilm.training.progress import progress
 
         head = self.selected_head().eval()
         model = head.model
@@ -204,7 +227,7 @@ class CausalFiLMMethod(Method):
         top_k = model.cfg["top_k_ratio"]
         include_padded = model.cfg["view_padding"] == "include"
         results = []
-        for features in self.loader_of(dataset, train=False):
+        for features in progress(self.loader_of(dataset, train=False), "Causal-FiLM scoring new welds", unit="batch"):
             features = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in features.items()}
             ids = list(features["sample_id"])
             with torch.no_grad():
