@@ -108,12 +108,28 @@ def test_profile_paper_shapes_is_the_paper_profile_made_small():
     paper = prepare({**raw, "profile": "paper"})
     shapes = prepare({**raw, "profile": "paper_shapes"})
     default = prepare(raw)
-    for section in ("preprocess", "causal_film", "m3dm"):  # every paper shape carries over
-        assert shapes[section] == paper[section]
+    block = raw["profiles"]["paper_shapes"]
+
+    def leaves(node, prefix=""):
+        if not isinstance(node, dict) or not node:
+            return {prefix[:-1]: node}
+        return {k: v for key, value in node.items() for k, v in leaves(value, f"{prefix}{key}.").items()}
+
+    own = set(leaves({k: v for k, v in block.items() if k not in ("extends", "restore", "select")}))
+    changed = {key for key, value in leaves(paper).items() if leaves(shapes).get(key, object()) != value}
+    allowed = own | {"profile"}
+    prefixes = tuple(f"{key}." for key in [*block["restore"], *block["select"]])
+    assert sorted(k for k in changed if k not in allowed and not k.startswith(prefixes)) == []  # paper + overrides
+    assert shapes["preprocess"] == paper["preprocess"] and shapes["causal_film"] == paper["causal_film"]
+    for key in ("image_size", "cloud_size", "point_trans_dim", "point_depth", "point_heads", "point_group_size",
+                "point_num_groups", "point_taps"):
+        assert shapes["m3dm"][key] == paper["m3dm"][key]
     for section, keys in {"late_fusion": ("audio_sr", "n_fft", "hop_length", "audio_frames", "audio_hidden_channels"),
                           "dinomaly": ("resize", "crop_size", "layer_groups", "decoder_depth")}.items():
         assert {k: shapes[section][k] for k in keys} == {k: paper[section][k] for k in keys}
-    assert shapes["data"] == default["data"] and shapes["backbones"] == default["backbones"]  # restored
+    assert shapes["data"] == default["data"]  # restored
+    assert {**shapes["backbones"], "tiny_size": "tiny"} == default["backbones"]  # restored, then tiny_size
+    assert shapes["backbones"]["tiny_size"] == "paper_shapes"
     assert list(shapes["ablations"]) == ["mean_views"]
     assert shapes["ablations"]["mean_views"] == default["ablations"]["mean_views"]
     assert shapes["seeds"] == [0] and shapes["train"]["epochs"] < paper["train"]["epochs"]
