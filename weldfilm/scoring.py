@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from weldfilm.errors import CheckpointError, DataError
+from weldfilm.errors import CheckpointError, ConfigError, DataError
 from weldfilm.io import provenance, read_json, write_json
 
 DECISIONS = ("good", "defective")
@@ -83,7 +83,7 @@ def validate_inputs(cfg: dict, root: Path, runs) -> list[str]:
     problems, notes = [], []
     for run in progress(runs, "validating input runs", unit="run"):
         result = check_run(root, run.subdir, sizes, cfg["data"].get("allow_missing_images", False), method_audio)
-        problems += list(result["problems"].values())
+        problems += [p for p in dict.fromkeys(result["problems"].values()) if p not in problems]  # once per file
         notes += [f"{run.subdir}: {note}" for note in result["notes"]]
     if problems:
         shown = "\n  ".join(problems)
@@ -263,10 +263,10 @@ def score_runs(run_dir, folders, out_json, saliency: bool = False, neutral: str 
     cfg = metadata["config"]
     name = cfg["run"]["method"]
     if saliency and name != "causal_film":
-        raise DataError(f"--saliency is for Causal-FiLM runs only; {run_dir} is a {name} run "
+        raise ConfigError(f"--saliency is for Causal-FiLM runs only; {run_dir} is a {name} run "
                         "(M3DM and Dinomaly write their anomaly maps anyway)")
     if neutral not in ("train_mean", "zeros"):
-        raise DataError(f"--neutral must be train_mean or zeros, got {neutral!r}")
+        raise ConfigError(f"--neutral must be train_mean or zeros, got {neutral!r}")
     threshold = run_threshold(run_dir)
     notes = validate_inputs(cfg, root, runs)
     _, method = load_trained_method(run_dir)
