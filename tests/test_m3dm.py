@@ -365,3 +365,73 @@ def test_paper_profile_pins_m3dm_sizes():
         M3DMFeatures(narrow, small_point, 224, rgb_patch_size=8, rgb_channels=paper["rgb_channels"])
     with pytest.raises(BackboneError, match="patch size 8"):
         M3DMFeatures(vit, small_point, 224, rgb_patch_size=16)
+
+
+def test_encoder_cache_is_built_once_per_split_shared_and_gives_the_live_scores(tiny_config, tmp_path, monkeypatch):
+    """Issue 11 item 2: frozen encoder outputs once per split; RGB shared by every seed and protocol, point
+    features by the runs of a seed; the scores equal those of running the encoders in the job."""
+    import copy
+    import json
+    import shutil
+
+    from weldfilm.baselines import m3dm, m3dm_cache
+
+    extracted = []
+    original_extract = m3dm.M3DMMethod._extract
+
+    def spy_extract(self, dataset, desc):
+        extracted.append((self.cfg["run"]["protocol"], self.seed, desc))
+        yield from original_extract(self, dataset, desc)
+
+    monkeypatch.setattr(m3dm.M3DMMethod, "_extract", spy_extract)
+
+    def fit_and_score(cfg, name, seed=0):
+        m3dm.SPLIT_RESULTS.clear()
+        cfg = copy.deepcopy(cfg)
+        cfg["run"]["seed"] = seed
+        method = m3dm.M3DMMethod(cfg, tmp_path / name, torch.device("cpu"))
+        method.fit()
+        return method, method.score("test"), method.anomaly_maps("test")
+
+    fair, paper = tiny_m3dm_config(tiny_config, "fair"), tiny_m3dm_config(tiny_config, "paper_faithful")
+    first, scores, maps = fit_and_score(fair, "fair0")
+    assert [d for _, _, d in extracted] == ["M3DM encoder cache train", "M3DM encoder cache test"]
+    rgb_test = m3dm_cache.cache_path(fair, "rgb", 0, "test")
+    inode = rgb_test.stat().st_ino
+    extracted.clear()
+    _, paper_scores, _ = fit_and_score(paper, "paper0")
+    assert extracted == []  # the other protocol of the seed reads both caches
+    extracted.clear()
+    _, seed1_scores, _ = fit_and_score(fair, "fair1", seed=1)
+    assert len(extracted) == 2  # a new random point transformer: its point features are built ...
+    assert rgb_test.stat().st_ino == inode  # ... the RGB cache is reused as it is
+    assert m3dm_cache.cache_path(fair, "point", 1, "test").is_file()
+    assert not np.allclose(seed1_scores["score"], scores["score"])
+
+    live_cfg = copy.deepcopy(fair)
+    live_cfg["m3dm"]["encoder_cache"] = False
+    extracted.clear()
+    live, live_scores, live_maps = fit_and_score(live_cfg, "live0")
+    assert [d for _, _, d in extracted] == ["M3DM memory bank: TRAIN features", "M3DM scoring test"]
+    assert np.array_equal(live_scores["score"].to_numpy(), scores["score"].to_numpy())
+    assert np.array_equal(live_maps, maps) and live.token_shapes() == first.token_shapes()
+
+    # stale-cache protection: a sidecar with another key is rebuilt, never read
+    sidecar = rgb_test.with_suffix(".json")
+    stale = json.loads(sidecar.read_text())
+    stale["key"] = "stale"
+    sidecar.write_text(json.dumps(stale))
+    extracted.clear()
+    fit_and_score(fair, "fair0_again")
+    assert [d for _, _, d in extracted] == ["M3DM encoder cache test"]
+    assert json.loads(sidecar.read_text())["key"] == m3dm_cache.cache_key(fair, "rgb", 0)
+
+    # the keys follow what shapes the features: backbone content, seed of a random point transformer
+    assert m3dm_cache.cache_key(fair, "rgb", 0) == m3dm_cache.cache_key(fair, "rgb", 1)
+    assert m3dm_cache.cache_key(fair, "point", 0) != m3dm_cache.cache_key(fair, "point", 1)
+    moved = copy.deepcopy(fair)
+    moved["backbones"]["m3dm_rgb"] = str(tmp_path / "vit_copy")
+    shutil.copytree(fair["backbones"]["m3dm_rgb"], moved["backbones"]["m3dm_rgb"])
+    before = m3dm_cache.cache_key(moved, "rgb", 0)
+    (tmp_path / "vit_copy" / "extra.txt").write_text("changed")
+    assert m3dm_cache.cache_key(moved, "rgb", 0) != before

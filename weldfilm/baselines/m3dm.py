@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weldfilm.baselines import m3dm_cache
 from weldfilm.baselines.common import SplitResultMemo
 from weldfilm.baselines.m3dm_bank import DecisionFuser, PatchBank, distance_maps, reweighted_score
 from weldfilm.baselines.m3dm_point import (PointTransformer, features_on_patch_grid, load_point_mae_checkpoint,
@@ -115,7 +116,7 @@ class M3DMFeatures(nn.Module):
         point = features_on_patch_grid(clouds, centres, features, self.point_grid).flatten(2).transpose(1, 2)
         self.shapes = {"rgb_tokens": list(tokens.shape[1:]), "point_groups": list(features.shape[1:]),
                        "patch_grid": list(self.grid), "point_patch_grid": list(self.point_grid)}
-        return rgb, point
+        return rgb.contiguous(), point.contiguous()  # the layout the encoder caches serve (same cdist path)
 
 
 class M3DMMethod(Method):
@@ -133,6 +134,7 @@ class M3DMMethod(Method):
         self.banks: dict[str, PatchBank] | None = None
         self.fusers: dict[str, DecisionFuser] | None = None
         self.provenance: dict | None = None  # sample ids that reached the banks and fusers (leak guard)
+        self._shapes: dict[str, list[int]] = {}  # token shapes and patch grids, from extraction or the caches
 
     # ------------------------------------------------------------------------------ description
     @property
@@ -163,6 +165,9 @@ class M3DMMethod(Method):
             "point_patch_grid": p["point_grid"] or "the RGB patch grid",
             "seg_fuser_fit": SEG_FUSER_FIT,
             "fit_data": "banks and fusers: the good TRAIN runs only (ids in checkpoints/m3dm_fusion.json provenance)",
+            "encoder_cache": ("frozen encoder outputs from <results>/features/m3dm_{rgb,point}/ (once per split; "
+                              "RGB shared by every seed and protocol, point features by the runs of one seed "
+                              "unless a Point-MAE checkpoint is given)" if p["encoder_cache"] else "off"),
             "notes": [
                 "one method name for fit and score: DINO+Point_MAE (the authors' train.sh used DINO+Point_MAE, "
                 "evaluate.sh DINO+Point_MAE+Fusion, whose UFF bank needs fusion weights that do not exist)",
@@ -184,7 +189,7 @@ class M3DMMethod(Method):
 
     def token_shapes(self) -> dict:
         """Shapes seen at run time: RGB patch tokens, point groups, the RGB and the point patch grids."""
-        return dict(self._extractor.shapes) if self._extractor is not None else {}
+        return dict(self._shapes)
 
     # ------------------------------------------------------------------------------ features
     def extractor(self) -> M3DMFeatures:
@@ -212,31 +217,90 @@ class M3DMMethod(Method):
         """Yield ``(sample_ids, rgb (B,P_rgb,C), point (B,P_pt,C))`` for a split, in manifest order.
 
         TRAIN keeps its normal runs only (spec 8.3), the first ``limit`` of them. Progress (runs/s,
-        ETA) under ``desc``.
+        ETA) under ``desc``. With ``m3dm.encoder_cache`` the features come from the split's encoder
+        caches (built here first when absent or stale, for every run of the split).
         """
-        dataset = self.dataset(split, modalities=("post_weld_images",), num_angles=1,
-                               image_size=self.params["image_size"])
+        dataset = self.dataset(split, **self.input_overrides())
+        keep = list(range(len(dataset)))
         if split.lower() == "train":
             keep = normal_only_indices(dataset.labels, dataset.sample_ids)
-            dataset = torch.utils.data.Subset(dataset, keep[:limit] if limit is not None else keep)
+            keep = list(keep[:limit] if limit is not None else keep)
+        desc = desc or f"M3DM features {split}"
+        if not self.params["encoder_cache"]:
+            yield from self._extract(torch.utils.data.Subset(dataset, keep), desc)
+            return
+        (rgb, rgb_meta), (point, point_meta) = (self._encoder_cache(split, dataset)[k] for k in m3dm_cache.KINDS)
+        if rgb_meta["sample_ids"] != dataset.sample_ids or point_meta["sample_ids"] != dataset.sample_ids:
+            raise CheckpointError(f"M3DM encoder caches of {split} do not list the split's runs; delete "
+                                  f"{m3dm_cache.cache_path(self.cfg, 'rgb', self.seed, split).parent.parent} and re-run")
+        self._shapes = {**rgb_meta["shapes"], **point_meta["shapes"]}
+        bar = progress(range(len(keep)), desc + " (encoder cache)", unit="run")
+        size = self.params["batch_size"]
+        for start in range(0, len(keep), size):
+            rows = keep[start:start + size]
+            ids = [dataset.sample_ids[i] for i in rows]
+            bar.update(len(rows))
+            yield (ids, torch.from_numpy(np.ascontiguousarray(rgb[rows])).to(self.device),
+                   torch.from_numpy(np.ascontiguousarray(point[rows])).to(self.device))
+        bar.close()
+
+    def _extract(self, dataset, desc: str):
+        """Run the frozen encoders over ``dataset`` (a split or a Subset of one): ``(ids, rgb, point)`` batches."""
         extractor = self.extractor()
-        bar = progress(range(len(dataset)), desc or f"M3DM features {split}", unit="run")
+        bar = progress(range(len(dataset)), desc, unit="run")
         for batch in self.loader(dataset, train=False, batch_size=self.params["batch_size"]):
             ids = batch["sample_id"]
             empty = [sid for sid, n in zip(ids, batch["num_images"].tolist()) if n == 0]
             if empty:
-                folder = run_ref(empty[0]).files(self.cfg["data"]["root"])["images"]
+                folder = run_ref(empty[0]).files(getattr(dataset, "data_root", None) or self.cfg["data"]["root"])["images"]
                 raise data_error(empty[0], folder, "M3DM needs the first post-weld image, the run has none",
                                  "list the run in data.exclude_runs")
-            clouds = torch.stack([self._cloud(sid) for sid in ids])
+            clouds = torch.stack([self._cloud(sid, getattr(dataset, "data_root", None)) for sid in ids])
             rgb, point = extractor(batch["post_weld_images"][:, 0].to(self.device), clouds.to(self.device))
+            self._shapes = dict(extractor.shapes)
             bar.update(len(ids))
             yield ids, rgb, point
         bar.close()
 
-    def _cloud(self, sample_id: str) -> torch.Tensor:
+    def _encoder_cache(self, split: str, dataset) -> dict[str, tuple[np.ndarray, dict]]:
+        """``{kind: (memory-mapped features, sidecar)}`` of the split's current caches; builds the missing ones.
+
+        Jobs wanting the same cache lock it: one builds, the others wait and find it current.
+        """
+        paths = {k: m3dm_cache.cache_path(self.cfg, k, self.seed, split) for k in m3dm_cache.KINDS}
+        keys = {k: m3dm_cache.cache_key(self.cfg, k, self.seed) for k in m3dm_cache.KINDS}
+        if not all(m3dm_cache.is_current(paths[k], keys[k]) for k in m3dm_cache.KINDS):
+            import contextlib
+
+            with contextlib.ExitStack() as locks:
+                for kind in m3dm_cache.KINDS:  # always in this order: no two jobs wait on each other
+                    locks.enter_context(m3dm_cache.build_lock(paths[kind]))
+                missing = {k: paths[k] for k in m3dm_cache.KINDS if not m3dm_cache.is_current(paths[k], keys[k])}
+                if missing:
+                    self._build_encoder_cache(split, dataset, missing, keys)
+        return {k: m3dm_cache.open_cache(paths[k]) for k in m3dm_cache.KINDS}
+
+    def _build_encoder_cache(self, split: str, dataset, paths: dict, keys: dict) -> None:
+        writer = m3dm_cache.CacheWriter(paths, len(dataset))
+        ids: list[str] = []
+        try:
+            for batch_ids, rgb, point in self._extract(dataset, f"M3DM encoder cache {split}"):
+                features = {"rgb": rgb, "point": point}
+                writer.write({k: features[k].float().cpu().numpy() for k in paths})
+                ids += batch_ids
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        shapes = {"rgb": {k: self._shapes[k] for k in ("rgb_tokens", "patch_grid")},
+                  "point": {k: self._shapes[k] for k in ("point_groups", "point_patch_grid")}}
+        for kind, path in paths.items():
+            m3dm_cache.write_sidecar(path, keys[kind], split, ids, shapes[kind])
+
+    def _cloud(self, sample_id: str, data_root=None) -> torch.Tensor:
+        """The pseudo point cloud of a run below ``data_root`` (default ``data.root``; new welds: their own root)."""
         run = run_ref(sample_id)
-        table = read_sensor_table(sample_id, run.files(self.cfg["data"]["root"])["csv"])
+        table = read_sensor_table(sample_id, run.files(data_root or self.cfg["data"]["root"])["csv"])
         return pseudo_point_cloud(table, self.params["cloud_size"])
 
     # ------------------------------------------------------------------------------ scoring
@@ -257,9 +321,15 @@ class M3DMMethod(Method):
     def _modality_maps(self, distances: dict[str, torch.Tensor]) -> torch.Tensor:
         """Weighted patch distances ``{key: (B, P_key)}`` -> upsampled, blurred maps ``(B, 2, S, S)`` ([point, rgb])."""
         size, sigma = self.params["map_size"], self.params["blur_sigma"]
-        extractor = self.extractor()
-        grids = {"point": extractor.point_grid, "rgb": extractor.grid}
+        grids = self._grids()
         return torch.stack([distance_maps(distances[key], grids[key], size, sigma) for key in MODALITY_KEYS], 1)
+
+    def _grids(self) -> dict[str, tuple[int, int]]:
+        """The patch grids of both modalities (from the features seen, else from the extractor)."""
+        if "patch_grid" in self._shapes and "point_patch_grid" in self._shapes:
+            return {"rgb": tuple(self._shapes["patch_grid"]), "point": tuple(self._shapes["point_patch_grid"])}
+        extractor = self.extractor()
+        return {"rgb": extractor.grid, "point": extractor.point_grid}
 
     def _fused_maps(self, maps: torch.Tensor) -> np.ndarray:
         """Per-modality maps ``(B, 2, S, S)`` -> maps fused by the seg fuser ``(B, S, S)``."""
@@ -301,10 +371,10 @@ class M3DMMethod(Method):
         fuser_args = (p["ocsvm_nu"], p["ocsvm_max_iter"], p["ocsvm_seed"])
         self.fusers = {"detect": DecisionFuser(*fuser_args).fit(np.stack(image_rows)),
                        "seg": DecisionFuser(*fuser_args).fit(np.concatenate(map_rows))}
-        extractor = self.extractor()
+        grids = self._grids()
         summary = {"method_name": METHOD_NAME, "train_runs": len(ids),
                    "patches_per_run": {k: int(patches[k].shape[1]) for k in MODALITY_KEYS},
-                   "patch_grid": list(extractor.grid), "point_patch_grid": list(extractor.point_grid),
+                   "patch_grid": list(grids["rgb"]), "point_patch_grid": list(grids["point"]),
                    "point_to_patch": POINT_TO_PATCH, "seg_fuser_fit": SEG_FUSER_FIT,
                    "seg_fuser_rows": int(sum(len(rows) for rows in map_rows)), "coreset": coreset,
                    "fusion_fit_scores": p["fusion_fit_scores"], "fusion_order": list(MODALITY_KEYS),
@@ -350,10 +420,24 @@ class M3DMMethod(Method):
         return SPLIT_RESULTS.get_or_compute(self.run_dir, split, self.cfg, fitted, lambda: self._score_split(split))
 
     def _score_split(self, split: str) -> tuple[pd.DataFrame, np.ndarray]:
+        return self._score_batches(self._batches(split, desc=f"M3DM scoring {split}"))
+
+    def score_inputs(self, dataset) -> tuple[pd.DataFrame, np.ndarray]:
+        """Score the runs of ``dataset`` (a ``WeldingDataset`` of new welds read with ``input_overrides``)
+        with the fitted banks and fusers, through the frozen encoders (no encoder cache: the runs are in
+        no split): the frame of ``score`` and the fused maps of the first photo, as ``_score_split``."""
+        return self._score_batches(self._extract(dataset, "M3DM scoring new welds"))
+
+    def input_overrides(self) -> dict:
+        """Dataset arguments of the runs M3DM reads: the first photo at ``m3dm.image_size`` (+ the sensor table)."""
+        return {"modalities": ("post_weld_images",), "num_angles": 1, "image_size": self.params["image_size"]}
+
+    def _score_batches(self, batches) -> tuple[pd.DataFrame, np.ndarray]:
+        """``(ids, rgb, point)`` batches -> the scores frame (fused + per modality) and the fused maps."""
         if self.banks is None:
             self._load()
         ids, rows, maps = [], [], []
-        for batch_ids, rgb, point in self._batches(split, desc=f"M3DM scoring {split}"):
+        for batch_ids, rgb, point in batches:
             per_sample = [self._sample_scores({"rgb": rgb[i], "point": point[i]}) for i in range(len(batch_ids))]
             rows += [scores for scores, _ in per_sample]
             distances = {key: torch.stack([d[key] for _, d in per_sample]) for key in MODALITY_KEYS}
