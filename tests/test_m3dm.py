@@ -76,7 +76,8 @@ def test_point_transformer_features_and_patch_projection():
         features, centres = model(points)
     assert features.shape == (2, 12, 32) and model.out_dim == 32 and centres.shape == (2, 12, 3)
     grid = features_on_patch_grid(cloud, centres, features, (4, 4))
-    assert grid.shape == (2, 32, 4, 4) and features_on_patch_grid(cloud, centres, features, (7, 7)).shape == (2, 32, 7, 7)
+    assert grid.shape == (2, 32, 4, 4)
+    assert features_on_patch_grid(cloud, centres, features, (7, 7)).shape == (2, 32, 7, 7)
     # M3DM's pipeline by hand: features on every point, 3 x 3 average pool (stride 1, 32 -> 30), then 30 -> 4 x 4
     dense = interpolate_to_points(points, centres, features).transpose(1, 2).reshape(2, 32, 32, 32)
     by_hand = torch.nn.functional.adaptive_avg_pool2d(torch.nn.functional.avg_pool2d(dense, 3, stride=1), (4, 4))
@@ -100,7 +101,8 @@ def test_interpolation_onto_points_uses_inverse_squared_distances_of_the_three_n
     assert torch.allclose(out[0, :4], features[0], atol=1e-4)
     assert torch.allclose(interpolate_to_points(on_centre, centres, features, chunk=7), out)
     # one centre: every point gets its feature
-    assert torch.allclose(interpolate_to_points(many, centres[:, :1], features[:, :1]), features[:, :1].expand(1, 50, 2))
+    one = interpolate_to_points(many, centres[:, :1], features[:, :1])
+    assert torch.allclose(one, features[:, :1].expand(1, 50, 2))
 
 
 def test_point_mae_checkpoint_loads_strictly(tmp_path):

@@ -164,7 +164,8 @@ def test_main_table_shows_the_pixel_proxies_beside_the_image_metrics(tmp_path):
             assert p_auroc == pytest.approx(metrics["p_auroc_proxy"])
         else:
             assert np.isnan(p_auroc) and metrics["p_auroc_proxy"] is None
-        assert values.loc[method, f"{protocol}_p_aupro_proxy_0.3_mean"] == pytest.approx(metrics["p_aupro_proxy"]["0.3"])
+        p_aupro = values.loc[method, f"{protocol}_p_aupro_proxy_0.3_mean"]
+        assert p_aupro == pytest.approx(metrics["p_aupro_proxy"]["0.3"])
     markdown = (tmp_path / "tables" / "main.md").read_text()
     assert "P-AUROC / P-AUPRO@0.3 (fair)" in markdown and "PROXIES" in markdown
     m3dm = expected[("fair", "m3dm")]

@@ -231,8 +231,9 @@ class M3DMMethod(Method):
             return
         (rgb, rgb_meta), (point, point_meta) = (self._encoder_cache(split, dataset)[k] for k in m3dm_cache.KINDS)
         if rgb_meta["sample_ids"] != dataset.sample_ids or point_meta["sample_ids"] != dataset.sample_ids:
-            raise CheckpointError(f"M3DM encoder caches of {split} do not list the split's runs; delete "
-                                  f"{m3dm_cache.cache_path(self.cfg, 'rgb', self.seed, split).parent.parent} and re-run")
+            folder = m3dm_cache.cache_path(self.cfg, "rgb", self.seed, split).parent.parent
+            raise CheckpointError(f"M3DM encoder caches of {split} do not list the split's runs; delete {folder} "
+                                  "and re-run")
         self._shapes = {**rgb_meta["shapes"], **point_meta["shapes"]}
         bar = progress(range(len(keep)), desc + " (encoder cache)", unit="run")
         size = self.params["batch_size"]
