@@ -337,6 +337,7 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(dinomaly_run):
     assert described["input_resolution"]["post_weld_images"]["crop"] == 28
     assert metadata["fit"]["selection"] == "val_auroc" and metadata["fit"]["epochs_run"] == 2
     assert (run_dir / "checkpoints" / "best.pt").is_file()
+    assert (Path(make()["results"]) / "features" / "dinomaly").is_dir()  # encoder_cache is on by default
 
     table = pd.read_csv(run_dir / "eval" / "test" / "scores.csv")
     assert list(table.columns) == SCORE_COLUMNS and np.isfinite(table["score"]).all()
@@ -354,3 +355,73 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(dinomaly_run):
     max_scores = DinomalyMethod(max_cfg, run_dir, torch.device("cpu")).score("test")
     assert np.allclose(maps.reshape(len(table), -1).max(axis=1), max_scores["score"], atol=1e-5)
     assert DinomalyMethod(make("paper_faithful"), run_dir, torch.device("cpu")).selection == "test"
+
+
+def test_cached_encoder_outputs_give_the_same_maps_as_the_encoder():
+    head = DinomalyHead(tiny_encoder(), [[1], [2]], decoder_depth=2, crop_size=16, map_size=16).eval()
+    batch = {"post_weld_images": torch.rand(3, 2, 3, 20, 20), "num_images": torch.tensor([2, 1, 2]),
+             "sample_id": ["a", "b", "c"], "label": torch.tensor([0, 1, 0])}
+    images, _ = head.images_of(batch)
+    with torch.no_grad():
+        direct = head(images)
+        encoded = head.encode_runs(batch)
+        assert encoded["tokens"].shape == (3, 2, 1 + 4 + 16, 16) and encoded["targets"].shape == (3, 2, 2, 16, 16)
+        assert encoded["tokens"][1, 1].abs().max() == 0  # run b has one image: its second slot stays empty
+        cached = {"encoded_tokens": encoded["tokens"], "encoded_targets": encoded["targets"],
+                  "num_images": encoded["num_images"], "sample_id": batch["sample_id"], "label": batch["label"]}
+        tokens, targets, run_index = head.inputs_of(cached)
+        assert run_index.tolist() == [0, 0, 1, 2, 2]
+        for a, b in zip(direct, head.reconstruct(tokens, targets)):
+            assert all(torch.equal(x, y) for x, y in zip(a, b))
+        assert torch.equal(head.anomaly_scores(batch), head.anomaly_scores(cached))
+        assert torch.equal(head.anomaly_maps(batch)[0], head.anomaly_maps(cached)[0])
+
+
+def test_encoder_cache_once_per_split_shared_by_seeds_and_protocols_and_same_scores(dinomaly_run, monkeypatch):
+    import json
+
+    import pandas as pd
+
+    from weldfilm.baselines import dinomaly_cache
+    from weldfilm.baselines.dinomaly import DinomalyMethod
+    from weldfilm.errors import CheckpointError
+    from weldfilm.runner import build_method, fit_run
+
+    make, run_dir = dinomaly_run
+    plain = make()
+    plain["dinomaly"]["encoder_cache"] = False
+    fit_run(build_method(plain, run_dir / "plain"))
+    plain_scores = DinomalyMethod(plain, run_dir / "plain", torch.device("cpu")).score("test")
+
+    cached = make()
+    cached["dinomaly"]["encoder_cache"] = True
+    built = []
+    real_build = dinomaly_cache.build
+    monkeypatch.setattr(dinomaly_cache, "build", lambda paths, *a, **k: (built.append(paths["tokens"].name),
+                                                                         real_build(paths, *a, **k)))
+    fit_run(build_method(cached, run_dir / "cached"))
+    cached_scores = DinomalyMethod(cached, run_dir / "cached", torch.device("cpu")).score("test")
+    assert sorted(built) == ["test.tokens.npy", "train.tokens.npy", "val.tokens.npy"]  # each split once
+    pd.testing.assert_frame_equal(plain_scores, cached_scores, check_exact=False, rtol=1e-5, atol=1e-6)
+
+    folder = dinomaly_cache.cache_dir(cached)
+    assert folder.parent == Path(cached["results"]) / "features" / "dinomaly"
+    meta = json.loads((folder / "val.tokens.json").read_text())
+    assert meta["key"] == dinomaly_cache.cache_key(cached) and len(meta["sample_ids"]) == len(meta["labels"])
+    other_seed = make("paper_faithful")  # another protocol (and seed): same encoder outputs, no new build
+    other_seed["dinomaly"]["encoder_cache"] = True
+    other_seed["run"]["seed"] = 1
+    assert dinomaly_cache.cache_dir(other_seed) == folder
+    DinomalyMethod(other_seed, run_dir / "cached", torch.device("cpu")).score("test")
+    assert len(built) == 3
+
+    resized = make()  # a setting that changes the encoder outputs gets its own folder
+    resized["dinomaly"].update(encoder_cache=True, crop_size=14)
+    assert dinomaly_cache.cache_dir(resized) != folder
+    stale = folder / "test.tokens.json"  # stale protection: a sidecar with another key is rebuilt, never read
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "key": "something-else"}))
+    with pytest.raises(CheckpointError, match="stale"):
+        dinomaly_cache.EncodedRuns(dinomaly_cache.cache_paths(cached, "test"), dinomaly_cache.cache_key(cached))
+    again = DinomalyMethod(cached, run_dir / "cached", torch.device("cpu")).score("test")
+    assert built[-1] == "test.tokens.npy" and len(built) == 4
+    pd.testing.assert_frame_equal(again, cached_scores)

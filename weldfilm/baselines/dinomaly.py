@@ -6,6 +6,9 @@ bottleneck (input dropout first) and a linear-attention decoder. Fitted by the s
 with StableAdamW, a per-iteration warm-up + cosine schedule and gradient clipping. An image's score
 is the max (or top-ratio mean) of its blurred ``1 - cos`` map (5 x 5 Gaussian, sigma 4); a run's
 score is the mean (default) or max (``dinomaly.run_aggregation``) over its images' scores.
+The frozen encoder's outputs of each split are computed once and shared by every seed and protocol
+(``dinomaly.encoder_cache``, ``weldfilm.baselines.dinomaly_cache``): training and the per-epoch VAL
+selection read them instead of re-encoding the images.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from weldfilm.baselines.dinomaly_model import DinomalyHead, default_layer_groups
 from weldfilm.baselines.optim import StableAdamW
 from weldfilm.baselines.common import MemoryCachedDataset, fair_selection_split
 from weldfilm.methods import Method, normal_only_subset, scores_frame
-from weldfilm.training import autocast_context, load_selected_weights, move_to_device, warmup_cosine_scheduler
+from weldfilm.training import (autocast_context, load_selected_weights, move_to_device, seed_everything,
+                               warmup_cosine_scheduler)
 from weldfilm.training.progress import progress
 
 PAPER_LAYER_GROUPS = [[2, 3, 4, 5], [6, 7, 8, 9]]  # spec 10.4.3: target_layers 2..9 fused in two groups
@@ -76,10 +80,28 @@ class DinomalyMethod(Method):
             self._encoder = load_pretrained(self.cfg["backbones"]["dinomaly_encoder"], Dinov2WithRegistersModel)
         return DinomalyTrainable(self._encoder, self.section)
 
+    def _images(self, split: str):
+        dataset = self.dataset(split, augment=False, image_size=self.section["resize"])
+        return MemoryCachedDataset(dataset) if self.section["cache_inputs"] else dataset
+
+    def _encoded(self, split: str):
+        """The split's frozen-encoder outputs from the shared cache (``dinomaly.encoder_cache``), built
+        first (once, under a lock) when absent or stale."""
+        from weldfilm.baselines import dinomaly_cache as cache
+
+        paths, key = cache.cache_paths(self.cfg, split), cache.cache_key(self.cfg)
+        with cache.build_lock(paths["tokens"]):
+            if not cache.is_current(paths, key):
+                with torch.random.fork_rng(devices=[]):  # the trained head's init stays as without the cache
+                    head = self._head().to(self.device).eval()
+                loader = self.loader(self._images(split), train=False)
+                cache.build(paths, key, split, head, loader, self.device,
+                            f"Dinomaly encoder {split} -> {paths['tokens'].parent.name}", cache.storage_dtype(self.cfg))
+            return cache.EncodedRuns(paths, key)
+
     def _loader(self, split: str, train: bool = False):
         if split not in self._datasets:
-            dataset = self.dataset(split, augment=False, image_size=self.section["resize"])
-            self._datasets[split] = MemoryCachedDataset(dataset) if self.section["cache_inputs"] else dataset
+            self._datasets[split] = self._encoded(split) if self.section["encoder_cache"] else self._images(split)
         dataset = self._datasets[split]
         if train:
             dataset = normal_only_subset(dataset)
@@ -143,6 +165,7 @@ class DinomalyMethod(Method):
 
     def fit(self, resume: bool = False) -> dict:
         self._selected, self._results = None, {}
+        seed_everything(self.seed)  # the head's init follows the run seed (not whatever the process drew before)
         head = self._head()
         result = self.trainer("", self._train_cfg()).fit(head, self._loader("train", train=True),
                                                         self._loader(self.selection), resume)

@@ -12,6 +12,7 @@ run score = mean (default) or max over the run's images (the authors scored sing
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -256,31 +257,81 @@ class DinomalyHead(nn.Module):
         crop = flat[..., top: top + self.crop_size, left: left + self.crop_size]
         return (crop - self.mean) / self.std, run_index
 
-    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Normalised images -> (encoder maps, decoder maps), one ``(M, dim, h, w)`` map per group.
+    def _prefix_in_sequence(self) -> int:
+        """CLS + register tokens still in the bottleneck's sequence (0 without ``decode_prefix_tokens``)."""
+        return self.prefix_tokens if self.decode_prefix_tokens else 0
 
-        The fused encoder tokens (mean of the target blocks) go through the bottleneck and decoder,
-        with the CLS and register tokens when ``decode_prefix_tokens``; the maps hold patch tokens only.
-        """
-        with torch.no_grad(), backbone_autocast(images.device):  # train.backbone_precision (bf16 on CUDA when set)
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images -> what the frozen encoder gives the head (the same in every epoch):
+        the bottleneck's input ``(M, T, dim)`` (mean of the target blocks, with the CLS and register
+        tokens when ``decode_prefix_tokens``) and each group's patch features ``(M, groups, P, dim)``."""
+        with backbone_autocast(images.device):  # train.backbone_precision (bf16 on CUDA when set)
             hidden = self.encoder(pixel_values=images, output_hidden_states=True).hidden_states
         hidden = tuple(as_fp32(state) for state in hidden)
-        skip = 0 if self.decode_prefix_tokens else self.prefix_tokens
+        skip = self.prefix_tokens - self._prefix_in_sequence()
         blocks = {layer: hidden[layer + 1][:, skip:] for layer in self.target_layers}
-        x = self.bottleneck(torch.stack(list(blocks.values())).mean(dim=0))
+        tokens = torch.stack(list(blocks.values())).mean(dim=0)
+        patches = self._prefix_in_sequence()
+        targets = torch.stack([torch.stack([blocks[l] for l in group]).mean(dim=0)[:, patches:]
+                               for group in self.layer_groups], dim=1)
+        return tokens, targets
+
+    def reconstruct(self, tokens: torch.Tensor, targets: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Encoded ``(tokens, targets)`` -> (encoder maps, decoder maps), one ``(M, dim, h, w)`` map per group."""
+        x = self.bottleneck(tokens)
         decoded = []
         for block in self.decoder:
             x = block(x)
             decoded.append(x)
         decoded = decoded[::-1]  # the last decoder block reconstructs the earliest group
         per_group = len(decoded) // len(self.layer_groups)
-        encoder_maps = [torch.stack([blocks[l] for l in group]).mean(dim=0) for group in self.layer_groups]
-        decoder_maps = [torch.stack(decoded[g * per_group:(g + 1) * per_group]).mean(dim=0)
-                        for g in range(len(self.layer_groups))]
-        side = images.shape[-1] // self.encoder.config.patch_size
-        patches = self.prefix_tokens - skip  # prefix tokens still in the sequence
-        return ([_to_map(t[:, patches:], side) for t in encoder_maps],
-                [_to_map(t[:, patches:], side) for t in decoder_maps])
+        decoder_groups = [torch.stack(decoded[g * per_group:(g + 1) * per_group]).mean(dim=0)
+                          for g in range(len(self.layer_groups))]
+        patches, side = self._prefix_in_sequence(), math.isqrt(targets.shape[2])
+        return ([_to_map(targets[:, g], side) for g in range(targets.shape[1])],
+                [_to_map(t[:, patches:], side) for t in decoder_groups])
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Normalised images -> (encoder maps, decoder maps), one ``(M, dim, h, w)`` map per group.
+
+        The fused encoder tokens (mean of the target blocks) go through the bottleneck and decoder,
+        with the CLS and register tokens when ``decode_prefix_tokens``; the maps hold patch tokens only.
+        """
+        return self.reconstruct(*self.encode(images))
+
+    @torch.no_grad()
+    def encode_runs(self, batch: dict) -> dict[str, torch.Tensor]:
+        """A run batch's encoder outputs per image slot (what ``dinomaly_cache`` stores): ``tokens``
+        ``(B, N, T, dim)``, ``targets`` ``(B, N, groups, P, dim)`` (zeros past a run's images), ``num_images``."""
+        images, run_index = self.images_of(batch)
+        tokens, targets = self.encode(images)
+        counts = torch.as_tensor(batch["num_images"], device=images.device)
+        valid = torch.arange(batch["post_weld_images"].shape[1], device=images.device).unsqueeze(0) < counts.unsqueeze(1)
+        slots = {"tokens": tokens, "targets": targets}
+        out = {}
+        for name, value in slots.items():
+            full = value.new_zeros((*valid.shape, *value.shape[1:]))
+            full[valid] = value
+            out[name] = full
+        out["num_images"] = counts
+        return out
+
+    def inputs_of(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(tokens, targets, run_index)`` of a batch's real images: from the encoder cache when the
+        batch carries ``encoded_tokens`` / ``encoded_targets`` (``dinomaly_cache.EncodedRuns``), else
+        by running the frozen encoder on its ``post_weld_images``."""
+        if "encoded_tokens" not in batch:
+            images, run_index = self.images_of(batch)
+            return (*self.encode(images), run_index)
+        tokens, targets = batch["encoded_tokens"], batch["encoded_targets"]
+        counts = torch.as_tensor(batch["num_images"], device=tokens.device)
+        if (counts < 1).any():
+            missing = [sid for sid, n in zip(batch["sample_id"], counts.tolist()) if n < 1]
+            raise DataError(f"Dinomaly: runs without post-weld images cannot be scored: {missing}")
+        valid = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0) < counts.unsqueeze(1)
+        run_index = torch.arange(tokens.shape[0], device=tokens.device).unsqueeze(1).expand_as(valid)[valid]
+        return tokens[valid], targets[valid], run_index
 
     def current_hard_ratio(self) -> float:
         """Hard-mining ratio, ramped linearly from 0 to ``hard_ratio`` over ``hard_ramp_steps`` steps."""
@@ -288,8 +339,8 @@ class DinomalyHead(nn.Module):
         return self.hard_ratio * progress
 
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        images, _ = self.images_of(batch)
-        encoder_maps, decoder_maps = self(images)
+        tokens, targets, _ = self.inputs_of(batch)
+        encoder_maps, decoder_maps = self.reconstruct(tokens, targets)
         hard_ratio = self.current_hard_ratio()
         loss = global_cosine_hard_mining(encoder_maps, decoder_maps, hard_ratio, self.easy_factor)
         if self.training:
@@ -298,8 +349,8 @@ class DinomalyHead(nn.Module):
 
     def anomaly_maps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image anomaly maps ``(M, 1, map_size, map_size)`` and each image's run index ``(M,)``."""
-        images, run_index = self.images_of(batch)
-        encoder_maps, decoder_maps = self(images)
+        tokens, targets, run_index = self.inputs_of(batch)
+        encoder_maps, decoder_maps = self.reconstruct(tokens, targets)
         return anomaly_map(encoder_maps, decoder_maps, self.map_size, self.blur_sigma, self.blur_kernel_size,
                            self.blur_padding), run_index
 
