@@ -187,6 +187,12 @@ def all_eval_metrics():
     ]
 
 
+def all_run_metadata():
+    """Every run's metadata.json (the fairness, token-shape and deviations tables read them)."""
+    return [os.path.join((ABLATION_DIR if s["ablation"] else RUN_DIR).format(**s), "metadata.json")
+            for s in all_run_settings()]
+
+
 def reported(paths, suffix, caption, category):
     """Outputs with the files ending in ``suffix`` wrapped for the Snakemake report (the rest plain);
     ``caption`` may name the file's stem as ``{name}`` (one caption file per table or figure)."""

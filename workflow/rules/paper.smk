@@ -2,12 +2,6 @@
 # Output names come from weldfilm/paper/__init__.py (TABLES, FIGURES, PAPER_OUTPUTS).
 
 
-def all_run_metadata():
-    """Every run's metadata.json (the fairness, token-shape and deviations tables read them)."""
-    return [os.path.join((ABLATION_DIR if s["ablation"] else RUN_DIR).format(**s), "metadata.json")
-            for s in all_run_settings()]
-
-
 rule tables:
     """The paper's tables (CSV, Markdown, LaTeX, provenance) from every run's metrics and metadata, and the TEST
     scores the paired Δ of the main and ablation tables resample."""
