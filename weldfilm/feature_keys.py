@@ -33,6 +33,8 @@ def feature_spec(cfg: dict) -> dict:
         "data": {k: cfg["data"].get(k) for k in DATA_KEYS},
         "storage_dtype": cfg["train"].get("feature_cache_dtype", "fp32"),
     }
+    if cfg["data"].get("source") == "synthetic":  # same run names, other content when the generator's settings change
+        spec["synthetic"] = {k: v for k, v in cfg.get("synthetic", {}).items() if k != "workers"}
     precision = cfg["train"].get("backbone_precision", "fp32")
     if precision != "fp32":  # (absent for fp32: the keys of existing fp32 caches stay as they were)
         spec["backbone_precision"] = precision
