@@ -1073,8 +1073,8 @@ def markdown(result: dict, baseline: dict | None) -> str:
              f"profile `{result['measured']['profile']}`). Random-init backbones of the real transformers classes at "
              f"{'tiny' if 'quick' in result['measured']['profile'] else 'paper'} size (`weldfilm.models.sizes`), called "
              "through weldfilm's own code (FrozenBackbones, the Causal-FiLM head, Late Fusion's autoencoders, M3DM's "
-             "extractor/bank/coreset, Dinomaly's head) on synthetic runs at paper sizes (192 kHz audio, 30 fps video, "
-             "5 photos); FLOPs from `torch.utils.flop_counter.FlopCounterMode` (plus CPU attention and cdist, which it "
+             "extractor/bank/coreset, Dinomaly's head) on synthetic runs in the real layout (192 kHz audio, 30 fps video, "
+             f"5 photos; {result['measured']['data_mb_per_run']:.0f} MB a run) read at the profile's sizes; FLOPs from `torch.utils.flop_counter.FlopCounterMode` (plus CPU attention and cdist, which it "
              "has no formula for); loader rates measured on this machine (2 shared cores: rough).", "",
              f"**GPU assumptions:** one {g['gpu_name']}, {g['gpu_tflops_bf16']:g} TFLOPS bf16/fp16, "
              f"{g['gpu_tflops_tf32']:g} TF32, {g['gpu_tflops_fp32']:g} fp32 (dense), at {g['utilization']:.0%} "
@@ -1220,7 +1220,8 @@ def from_json(args) -> dict:
         inputs = stored.get("measured_inputs")
         if inputs is None:  # written before measured_inputs existed: render as stored
             log(f"{args.from_json} holds no measured inputs: rendered as stored, not re-projected")
-            return {**stored, "behaviour": stored.get("behaviour") or behaviour(cfg)}
+            return {**stored, "behaviour": stored.get("behaviour") or behaviour(cfg),
+                    "command": f"{stored['command']}` (rendered by `{args.command}`)".rstrip("`")}
         m = Measured(**inputs)
         projection = project_dag(cfg, m, args)
         args.command = f"{stored['command']}` then `{args.command}"
