@@ -418,6 +418,10 @@ def test_encoder_cache_once_per_split_shared_by_seeds_and_protocols_and_same_sco
     resized = make()  # a setting that changes the encoder outputs gets its own folder
     resized["dinomaly"].update(encoder_cache=True, crop_size=14)
     assert dinomaly_cache.cache_dir(resized) != folder
+    regenerated = make()  # synthetic data made with other generator settings keeps its run names
+    regenerated["dinomaly"]["encoder_cache"] = True
+    regenerated["synthetic"]["seed"] += 1
+    assert dinomaly_cache.cache_dir(regenerated) != folder
     stale = folder / "test.tokens.json"  # stale protection: a sidecar with another key is rebuilt, never read
     stale.write_text(json.dumps({**json.loads(stale.read_text()), "key": "something-else"}))
     with pytest.raises(CheckpointError, match="stale"):

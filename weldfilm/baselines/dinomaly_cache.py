@@ -14,7 +14,7 @@ Layout: ``<results>/features/dinomaly/<dir key>/<split>.{tokens,targets,num_imag
 manifest order, float32 or ``train.feature_cache_dtype`` fp16, written batch by batch into memory maps, read memory-mapped) and a JSON
 sidecar ``<split>.tokens.json`` with the key and the sample ids and labels. The folder is named by the
 config values the outputs depend on (encoder, image sizes, layer groups, token handling, data
-selection, backbone precision); the key adds the content of the encoder's files and of the manifest.
+selection and a synthetic dataset's generator settings, backbone precision, storage dtype); the key adds the content of the encoder's files and of the manifest.
 Stale-cache protection as for Causal-FiLM's features (``weldfilm.features.cache_is_current``): a
 cache whose sidecar key differs is rebuilt, never read. Jobs that want the same cache at the same
 time take a lock: one builds, the others wait and read.
@@ -40,7 +40,7 @@ SECTION_KEYS = ("resize", "crop_size", "layer_groups", "decode_prefix_tokens")
 
 def cache_spec(cfg: dict) -> dict:
     """Every config value the cached encoder outputs depend on (config only)."""
-    return {
+    spec = {
         "format": FORMAT_VERSION,
         "encoder": {k: cfg["backbones"].get(k) for k in ("source", "tiny_seed", "dinomaly_encoder")},
         "dinomaly": {k: cfg["dinomaly"][k] for k in SECTION_KEYS},
@@ -49,6 +49,9 @@ def cache_spec(cfg: dict) -> dict:
         "backbone_precision": cfg["train"].get("backbone_precision", "fp32"),
         "storage_dtype": storage_dtype(cfg),
     }
+    if cfg["data"].get("source") == "synthetic":  # regenerated data keeps its run names (as feature_keys)
+        spec["synthetic"] = {k: v for k, v in cfg.get("synthetic", {}).items() if k != "workers"}
+    return spec
 
 
 def storage_dtype(cfg: dict) -> str:
