@@ -636,6 +636,7 @@ def measure(cfg: dict, args) -> Measured:
     m.sizes["data_bytes_per_run"] = sum(f.stat().st_size for f in Path(cfg["data"]["root"]).rglob("*")
                                         if f.is_file()) / args.runs
     m.sizes["import_rss"] = PeakRss.current()
+    m.sizes["load_average_at_start"] = os.getloadavg()[0]  # the loader rates depend on what else runs
     run_cfgs = {method: run_config(cfg, method, 0, "fair") for method in ("causal_film", "late_fusion", "m3dm",
                                                                          "dinomaly")}
     log(f"preprocessing: {pre['video_frames']} frames at {pre['frame_size']} px, {pre['num_angles']} photos at "
@@ -891,8 +892,11 @@ def m3dm_jobs(cfg, runs, m: Measured, splits: dict, a) -> list[Job]:
         rss = m.sizes["import_rss"] + m.sizes["m3dm.param_bytes"] + 2 * bank_bytes
         jobs.append(Job(f"m3dm {settings}", passes, a.job_start_s + m.backbones["dino_vitb8"]["param_bytes"] /
                         (a.disk_gbps * 1e9), r["train"].get("num_workers", 0), rss, {"m3dm.bank": disk}))
-    width = sum(m.sizes["m3dm.dims"][k] * m.sizes["m3dm.patches_per_run"][k] * 4 for k in m.sizes["m3dm.dims"])
+    rgb_written = set()
     for (split, point_key), (r, n) in builds.items():  # run inside the first job that needs them: no fixed cost
+        kinds = ("point",) if split in rgb_written else ("rgb", "point")  # the RGB cache is shared by every seed
+        rgb_written.add(split)
+        width = sum(m.sizes["m3dm.dims"][k] * m.sizes["m3dm.patches_per_run"][k] * 4 for k in kinds)
         jobs.append(Job(f"m3dm encoder cache {split} {point_key}",
                         [Pass("m3dm.extract", extract(r, n), n, "m3dm")], 0.0,
                         r["train"].get("num_workers", 0), m.sizes["import_rss"] + m.sizes["m3dm.param_bytes"],
@@ -1096,9 +1100,10 @@ def markdown(result: dict, baseline: dict | None) -> str:
              "ast": "Causal-FiLM mel, stretched to the checkpoint's input; cached with the features",
              "dinov3": "Causal-FiLM: every view, the two result layers kept; cached with the features",
              "clip": "the prompt: once per cache file or job, not per run",
-             "dino_vitb8": f"M3DM: the first photo (its point transformer: m3dm.extract); encoder cache {m3dm_cache}",
-             "dinov2_reg": f"Dinomaly: every photo of a run, blocks up to the last layer group; encoder cache "
-                           f"{dinomaly_cache}"}
+             "dino_vitb8": "M3DM: the first photo (its point transformer: m3dm.extract)"
+                           + (f"; encoder cache {m3dm_cache}" if m3dm_cache is not None else ""),
+             "dinov2_reg": "Dinomaly: every photo of a run, blocks up to the last layer group"
+                           + (f"; encoder cache {dinomaly_cache}" if dinomaly_cache is not None else "")}
     for name, b in result["backbones"].items():
         lines.append(f"| {name} | {b['class']} | {b['params_m']:.1f} | {b['tokens']} | {b['gflop_per_sample']:,.1f} | "
                      f"{b['cache_mb_per_sample']:.2f} | {b['cpu_s_per_sample']:.2f} | {notes.get(name, '')} |")
@@ -1136,6 +1141,10 @@ def markdown(result: dict, baseline: dict | None) -> str:
     lines += [total, "", "## Measured on this machine", "",
               "| loader (one worker, WeldingDataset) | samples/s |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in result["loader_samples_per_s_per_worker"].items()]
+    load = result.get("measured_inputs", {}).get("sizes", {}).get("load_average_at_start")
+    if load is not None:
+        lines += ["", f"Load average when the measurement started: {load:.1f} on "
+                  f"{os.cpu_count()} cores (loader rates and CPU seconds scale with it)."]
     lines += ["", "| component | GFLOP/sample | CPU s/sample | note |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['flop_per_sample'] / 1e9:,.2f} | {v['cpu_s_per_sample']:.2f} | {v.get('note', '')} |"
               for k, v in result["components"].items()]
@@ -1220,8 +1229,7 @@ def from_json(args) -> dict:
         inputs = stored.get("measured_inputs")
         if inputs is None:  # written before measured_inputs existed: render as stored
             log(f"{args.from_json} holds no measured inputs: rendered as stored, not re-projected")
-            return {**stored, "behaviour": stored.get("behaviour") or behaviour(cfg),
-                    "command": f"{stored['command']}` (rendered by `{args.command}`)".rstrip("`")}
+            return {**stored, "command": f"{stored['command']}` then rendered by `{args.command}"}
         m = Measured(**inputs)
         projection = project_dag(cfg, m, args)
         args.command = f"{stored['command']}` then `{args.command}"
