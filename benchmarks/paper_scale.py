@@ -758,7 +758,7 @@ def causal_film_jobs(cfg, runs, m: Measured, splits: dict, a) -> list[Job]:
         def pass_of(stage, split, n, head_flop, repeats=1, augmented=False):
             nonlocal in_memory, needs_backbones
             if method.uses_cache(split):
-                in_memory_add = n * cache_per_sample
+                in_memory_add = 0.0  # FeatureDataset serves a memory map of the cache: page cache, not RSS
                 return Pass(stage, flops(hp, n * head_flop), 0, None, repeats), in_memory_add
             needs_backbones = True
             f = {hp: n * head_flop}
@@ -795,8 +795,8 @@ def causal_film_jobs(cfg, runs, m: Measured, splits: dict, a) -> list[Job]:
         for split in ("train", "val", "test"):  # the workflow builds every split of a key (common.smk)
             n = splits[split]
             f = flops(precision_of(r, "backbone"), n * bb + m.backbones["clip"]["gflop_per_sample"] * 1e9)
-            # build_feature_cache keeps every batch's outputs, then concatenates: the split twice in memory
-            rss = m.sizes["import_rss"] + bb_bytes + 2 * n * cache_per_sample
+            # build_feature_cache writes batch by batch: one batch of features in memory
+            rss = m.sizes["import_rss"] + bb_bytes + r["train"].get("eval_batch_size", 32) * cache_per_sample
             feature_jobs.append(Job(f"features {key} {split}", [Pass("features", f, n, "causal_film.aug_off")],
                                     a.job_start_s + bb_bytes / (a.disk_gbps * 1e9), r["train"].get("num_workers", 0),
                                     rss, {"features": n * cache_per_sample}))
@@ -1162,7 +1162,8 @@ def markdown(result: dict, baseline: dict | None) -> str:
               "selection split is scored every epoch; Late Fusion and Dinomaly re-decode their inputs every epoch when "
               "their `cache_inputs` is false; M3DM and Dinomaly run their frozen encoders in every job unless their "
               "`encoder_cache` is on, then once per split (M3DM: per split and point-transformer seed)); the feature-cache "
-              "jobs are those of the workflow (every split of each feature key) and hold their split twice in memory; "
+              "jobs are those of the workflow (every split of each feature key) and write batch by batch (caches are read "
+              "memory-mapped); "
               "peak RSS and disk are projected at full split sizes. `--from-json` re-projects a stored measurement with "
               "the current config and code; `--baseline` shows before → after per stage.", ""]
     return "\n".join(lines)
