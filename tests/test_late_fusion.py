@@ -207,3 +207,23 @@ def test_split_result_memo_recomputes_after_a_refit_or_another_config(tmp_path):
     assert memo.get_or_compute(tmp_path, "val", {"a": 2}, [fitted], compute) == 4  # another config
     fitted.write_bytes(b"re-fitted weights")
     assert memo.get_or_compute(tmp_path, "val", {"a": 1}, [fitted], compute) == 5  # a re-fit
+
+
+def test_paper_profile_sizes_reach_the_late_fusion_heads():
+    """Spec 10.4.1, pinned: 192 kHz audio, n_fft 16384 -> an audio AE over 8193 frequency bins (1024 frames),
+    hop 8192, and a video AE over 2304-wide (SlowFast-sized) frame features; read from config.yaml's paper
+    profile through the heads the method builds, not retyped."""
+    import yaml
+
+    from weldfilm.baselines.late_fusion import AudioHead, VideoHead
+    from weldfilm.config import DEFAULT_CONFIG, prepare
+
+    section = prepare({**yaml.safe_load(DEFAULT_CONFIG.read_text()), "profile": "paper"})["late_fusion"]
+    assert (section["audio_sr"], section["n_fft"], section["hop_length"], section["audio_frames"]) == (192000, 16384, 8192, 1024)
+    assert section["video_feature_dim"] == 2304
+    audio = AudioHead(section)
+    first_conv = next(m for m in audio.modules() if isinstance(m, torch.nn.Conv1d))
+    assert first_conv.in_channels == 8193
+    video = VideoHead(section)
+    first_linear = next(m for m in video.modules() if isinstance(m, torch.nn.Linear) and m.weight.requires_grad)
+    assert first_linear.in_features == 2304
