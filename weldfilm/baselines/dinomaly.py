@@ -20,6 +20,7 @@ from weldfilm.baselines.dinomaly_model import DinomalyHead, default_layer_groups
 from weldfilm.baselines.optim import StableAdamW
 from weldfilm.baselines.common import MemoryCachedDataset, fair_selection_split
 from weldfilm.methods import Method, normal_only_subset, scores_frame
+from weldfilm.npy_store import build_lock
 from weldfilm.training import (autocast_context, load_selected_weights, move_to_device, seed_everything,
                                warmup_cosine_scheduler)
 from weldfilm.training.progress import progress
@@ -90,7 +91,7 @@ class DinomalyMethod(Method):
         from weldfilm.baselines import dinomaly_cache as cache
 
         paths, key = cache.cache_paths(self.cfg, split), cache.cache_key(self.cfg)
-        with cache.build_lock(paths["tokens"]):
+        with build_lock(paths["tokens"]):
             if not cache.is_current(paths, key):
                 with torch.random.fork_rng(devices=[]):  # the trained head's init stays as without the cache
                     head = self._head().to(self.device).eval()

@@ -22,7 +22,6 @@ time take a lock: one builds, the others wait and read.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -31,7 +30,8 @@ import torch
 
 from weldfilm.errors import CheckpointError
 from weldfilm.feature_keys import DATA_KEYS, directory_digest, file_digest, manifest_path, sidecar_of
-from weldfilm.io import atomic_path, stable_hash, write_json
+from weldfilm.io import stable_hash, write_json
+from weldfilm.npy_store import NpyWriter
 
 FORMAT_VERSION = 1
 FIELDS = ("tokens", "targets", "num_images")
@@ -84,50 +84,30 @@ def is_current(paths: dict[str, Path], key: str) -> bool:
     return all(paths[f].is_file() for f in FIELDS) and cache_is_current(paths["tokens"], key)
 
 
-@contextlib.contextmanager
-def build_lock(path: Path):
-    """An exclusive lock beside ``path`` while one job builds it (no lock where the file system has none)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as handle:
-        try:
-            import fcntl
-
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except (ImportError, OSError):
-            pass
-        yield
-
-
 def build(paths: dict[str, Path], key: str, split: str, head, loader, device, desc: str,
           dtype: str = "fp32") -> None:
     """Encode every run of ``loader`` (in order) with ``head.encode_runs`` into the split's files, atomically."""
     from weldfilm.training import move_to_device
     from weldfilm.training.progress import progress
 
-    total = len(loader.dataset)
+    stored = np.float16 if dtype == "fp16" else np.float32
+    writer = NpyWriter({field: paths[field] for field in FIELDS}, len(loader.dataset),
+                       dtypes={"tokens": stored, "targets": stored, "num_images": np.int64},
+                       what=f"Dinomaly encoder cache {paths['tokens']}")
     sample_ids: list[str] = []
     labels: list[int] = []
-    with contextlib.ExitStack() as stack:
-        tmp = {field: stack.enter_context(atomic_path(paths[field])) for field in FIELDS}
-        arrays: dict[str, np.ndarray] = {}
+    try:
         for batch in progress(loader, desc, unit="batch"):
             batch = move_to_device(batch, device)
             with torch.no_grad():
                 encoded = head.encode_runs(batch)
-            for field in FIELDS:
-                values = encoded[field].detach().cpu().numpy()
-                if field not in arrays:
-                    stored = np.int64 if field == "num_images" else np.float16 if dtype == "fp16" else np.float32
-                    arrays[field] = np.lib.format.open_memmap(tmp[field], mode="w+", dtype=stored,
-                                                              shape=(total, *values.shape[1:]))
-                arrays[field][len(sample_ids):len(sample_ids) + len(values)] = values
+            writer.write({field: encoded[field].detach().cpu().numpy() for field in FIELDS})
             sample_ids += list(batch["sample_id"])
             labels += torch.as_tensor(batch["label"]).reshape(-1).tolist()
-        if len(sample_ids) != total:
-            raise RuntimeError(f"Dinomaly encoder cache {paths['tokens']}: {len(sample_ids)} of {total} runs")
-        for array in arrays.values():
-            array.flush()
-        arrays.clear()
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
     write_json(paths["sidecar"], {"key": key, "split": split.lower(), "sample_ids": sample_ids, "labels": labels,
                                   "format": FORMAT_VERSION})
 

@@ -49,6 +49,7 @@ from weldfilm.data.readers import read_sensor_table
 from weldfilm.errors import BackboneError, CheckpointError, ConfigError, data_error
 from weldfilm.io import atomic_path, read_json, write_json
 from weldfilm.methods import Method, normal_only_indices, scores_frame
+from weldfilm.npy_store import NpyWriter, build_lock
 from weldfilm.training.precision import as_fp32, backbone_autocast
 from weldfilm.training.progress import progress
 
@@ -275,14 +276,14 @@ class M3DMMethod(Method):
 
             with contextlib.ExitStack() as locks:
                 for kind in m3dm_cache.KINDS:  # always in this order: no two jobs wait on each other
-                    locks.enter_context(m3dm_cache.build_lock(paths[kind]))
+                    locks.enter_context(build_lock(paths[kind]))
                 missing = {k: paths[k] for k in m3dm_cache.KINDS if not m3dm_cache.is_current(paths[k], keys[k])}
                 if missing:
                     self._build_encoder_cache(split, dataset, missing, keys)
         return {k: m3dm_cache.open_cache(paths[k]) for k in m3dm_cache.KINDS}
 
     def _build_encoder_cache(self, split: str, dataset, paths: dict, keys: dict) -> None:
-        writer = m3dm_cache.CacheWriter(paths, len(dataset))
+        writer = NpyWriter(paths, len(dataset), what=f"M3DM encoder cache {split}")
         ids: list[str] = []
         try:
             for batch_ids, rgb, point in self._extract(dataset, f"M3DM encoder cache {split}"):

@@ -22,14 +22,13 @@ cache at the same time take a lock on it: one builds, the others wait and read.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from weldfilm.feature_keys import DATA_KEYS, directory_digest, file_digest, manifest_path, sidecar_of
-from weldfilm.io import atomic_path, stable_hash, write_json
+from weldfilm.io import stable_hash, write_json
 
 FORMAT_VERSION = 1
 KINDS = ("rgb", "point")
@@ -76,55 +75,6 @@ def is_current(path: Path, key: str) -> bool:
     from weldfilm.features import cache_is_current
 
     return cache_is_current(path, key)
-
-
-@contextlib.contextmanager
-def build_lock(path: Path):
-    """An exclusive lock beside ``path`` while one job builds it (no lock where the file system has none)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as handle:
-        try:
-            import fcntl
-
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except (ImportError, OSError):
-            pass
-        yield
-
-
-class CacheWriter:
-    """The ``.npy`` files of one split, filled batch by batch (a memory map on a temporary path)."""
-
-    def __init__(self, paths: dict[str, Path], num_rows: int):
-        self.paths, self.num_rows = paths, num_rows
-        self._stack = contextlib.ExitStack()
-        self.tmp = {kind: self._stack.enter_context(atomic_path(path)) for kind, path in paths.items()}
-        self.arrays: dict[str, np.ndarray] = {}
-        self.row = 0
-
-    def write(self, batch: dict[str, np.ndarray]) -> None:
-        for kind, values in batch.items():
-            if kind not in self.arrays:
-                self.arrays[kind] = np.lib.format.open_memmap(self.tmp[kind], mode="w+", dtype=np.float32,
-                                                              shape=(self.num_rows, *values.shape[1:]))
-            self.arrays[kind][self.row:self.row + len(values)] = values
-        self.row += len(next(iter(batch.values())))
-
-    def commit(self) -> None:
-        """Flush and move every file into place (the sidecars are written by the caller afterwards)."""
-        if self.row != self.num_rows:
-            raise RuntimeError(f"M3DM encoder cache got {self.row} of {self.num_rows} rows")
-        for array in self.arrays.values():
-            array.flush()
-        self.arrays.clear()
-        self._stack.close()
-
-    def abort(self) -> None:
-        """Drop the temporary files (nothing is moved into place)."""
-        self.arrays.clear()
-        self._stack.pop_all()
-        for tmp in self.tmp.values():
-            tmp.unlink(missing_ok=True)
 
 
 def write_sidecar(path: Path, key: str, split: str, sample_ids: list[str], shapes: dict) -> None:
