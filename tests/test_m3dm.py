@@ -437,3 +437,25 @@ def test_encoder_cache_is_built_once_per_split_shared_and_gives_the_live_scores(
     before = m3dm_cache.cache_key(moved, "rgb", 0)
     (tmp_path / "vit_copy" / "extra.txt").write_text("changed")
     assert m3dm_cache.cache_key(moved, "rgb", 0) != before
+
+
+def test_encoder_cache_folders_follow_the_synthetic_settings_and_the_backbone_precision():
+    """A regenerated synthetic set keeps its run names (and often its manifest): the folders must differ;
+    bf16 RGB features differ from fp32 ones; the point features do not pass through the ViT."""
+    import copy
+
+    from weldfilm.baselines import m3dm_cache
+    from weldfilm.config import load_config, run_config
+
+    base = run_config(load_config(), "m3dm", 0)
+    stronger = copy.deepcopy(base)
+    stronger["synthetic"]["defect_strength"] = 2.0
+    bf16 = copy.deepcopy(base)
+    bf16["train"]["backbone_precision"] = "bf16"
+    more_workers = copy.deepcopy(base)
+    more_workers["synthetic"]["workers"] = 3
+    for kind in m3dm_cache.KINDS:
+        assert m3dm_cache.cache_dir(stronger, kind, 0) != m3dm_cache.cache_dir(base, kind, 0), kind
+        assert m3dm_cache.cache_dir(more_workers, kind, 0) == m3dm_cache.cache_dir(base, kind, 0), kind
+    assert m3dm_cache.cache_dir(bf16, "rgb", 0) != m3dm_cache.cache_dir(base, "rgb", 0)
+    assert m3dm_cache.cache_dir(bf16, "point", 0) == m3dm_cache.cache_dir(base, "point", 0)

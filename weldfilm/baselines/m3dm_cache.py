@@ -5,11 +5,13 @@ split are the same in every job that asks for them. They are stored once per spl
 in two caches, each keyed by exactly what shapes it:
 
 - ``rgb``: the DINO ViT patch features ``(N, P_rgb, C_rgb)``; key = the RGB backbone (path and file
-  content), ``image_size``, ``rgb_final_norm``, the data selection and the manifest. Shared by every
+  content), ``image_size``, ``rgb_final_norm``, ``train.backbone_precision`` (when not fp32), the
+  data selection, a synthetic dataset's generator settings and the manifest. Shared by every
   seed and protocol.
 - ``point``: the point features on their patch grid ``(N, P_pt, C_pt)``; key = the point transformer's
   sizes, its weights (the Point-MAE checkpoint's content, or the run seed of the random init),
-  ``cloud_size``, ``point_grid``, the data selection and the manifest. Shared by both protocols of
+  ``cloud_size``, ``point_grid``, the data selection, a synthetic dataset's generator settings and
+  the manifest. Shared by both protocols of
   a seed (by every run when a Point-MAE checkpoint is given).
 
 Layout: ``<results>/features/m3dm_<kind>/<dir key>/<split>.npy`` (every run of the split in manifest
@@ -44,11 +46,16 @@ def encoder_spec(cfg: dict, kind: str, seed: int) -> dict:
     if kind == "rgb":
         spec.update({k: p[k] for k in RGB_KEYS})
         spec["backbone"] = {k: cfg["backbones"].get(k) for k in ("source", "tiny_seed", "m3dm_rgb")}
+        precision = cfg["train"].get("backbone_precision", "fp32")
+        if precision != "fp32":  # the ViT runs under backbone_autocast (absent for fp32: existing keys stay)
+            spec["backbone_precision"] = precision
     elif kind == "point":
         spec.update({k: p[k] for k in POINT_KEYS})
         spec["random_init_seed"] = None if p["point_mae_checkpoint"] else int(seed)
     else:
         raise ValueError(f"M3DM encoder cache kind must be one of {KINDS}, got {kind!r}")
+    if cfg["data"].get("source") == "synthetic":  # regenerated data keeps its run names (as feature_keys)
+        spec["synthetic"] = {k: v for k, v in cfg.get("synthetic", {}).items() if k != "workers"}
     return spec
 
 
