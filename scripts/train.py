@@ -9,13 +9,13 @@ from train_resume import resume_allowed
 
 def job(cfg, snakemake):
     from weldfilm.config import run_config
-    from weldfilm.run_keys import run_shape_hash
+    from weldfilm.run_keys import run_resume_hash
     from weldfilm.runner import build_method, fit_run
 
     settings = snakemake.params.settings
     run_cfg = run_config(cfg, settings["method"], settings["seed"], settings["protocol"], settings["ablation"])
     run_dir = Path(snakemake.params.run_dir)
-    resume = resume_allowed(run_dir, run_shape_hash(run_cfg))  # the rule's config_hash param, same function
+    resume = resume_allowed(run_dir, run_resume_hash(run_cfg))  # the rule's config_hash + regenerated data
     print(f"run {run_dir}: {settings}, resume={resume}")
     features = snakemake.input.get("features")
     method = build_method(run_cfg, run_dir, feature_dir=Path(features[0]).parent if features else None)

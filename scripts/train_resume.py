@@ -4,7 +4,8 @@ Snakemake re-runs a killed job (``--rerun-incomplete``) but keeps ``checkpoints/
 declared outputs; late fusion keeps one per branch), so training continues where it stopped. ``resume_key.json`` records which run
 config those checkpoints belong to: after a config change the old checkpoints are moved aside to
 ``checkpoints.stale/`` (said in the log) and training starts from scratch. The hash is
-``weldfilm.run_keys.run_shape_hash`` (what shapes the run), the one the rule's ``config_hash`` param holds.
+``weldfilm.run_keys.run_resume_hash``: what shapes the run (``run_shape_hash``, the rule's ``config_hash``
+param) and, on synthetic data, the generator's settings (regenerated data must not resume old weights).
 """
 
 from __future__ import annotations

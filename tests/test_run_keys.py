@@ -90,3 +90,18 @@ def test_changing_one_methods_setting_leaves_the_other_methods_runs_untouched(tm
     make_workdir(tmp_path, merge=deep_merge(TWO_METHODS, {"train": {"eval_batch_size": 8}}))  # shared
     result = run_snakemake(workdir, "-n", *RUNS.values())
     assert planned_train_jobs(result.stdout) == {"late_fusion", "dinomaly"}, result.stdout[-3000:]
+
+
+def test_regenerated_synthetic_data_is_never_resumed_from_old_checkpoints():
+    """The generator's settings reach a run as files (Snakemake re-runs the job, the rule's hash stays), but
+    the job must then train afresh: the resume hash follows them (workers aside); on real data it is the shape hash."""
+    from weldfilm.run_keys import run_resume_hash
+
+    base = load_config()
+    run = run_config(base, "m3dm", 0)
+    regenerated = run_config(load_config(overrides={"synthetic.defect_strength": 2.0}), "m3dm", 0)
+    assert run_shape_hash(regenerated) == run_shape_hash(run)
+    assert run_resume_hash(regenerated) != run_resume_hash(run)
+    assert run_resume_hash(run_config(load_config(overrides={"synthetic.workers": 3}), "m3dm", 0)) == run_resume_hash(run)
+    real = run_config(load_config(overrides={"data.source": "real"}), "m3dm", 0)
+    assert run_resume_hash(real) == run_shape_hash(real)

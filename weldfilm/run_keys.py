@@ -8,7 +8,9 @@ method reads, nothing else: changing ``dinomaly.layer_groups`` re-runs the Dinom
 A run config (``weldfilm.config.run_config``) already has its protocol's and ablation's overrides
 applied, so a protocol or ablation that changes a section a method reads changes that method's hash.
 What reaches a run through files (synthetic data, backbone weights, the manifest) is an input of the
-job; Snakemake follows those by modification time, not through this hash.
+job; Snakemake follows those by modification time, not through this hash. The resume check of a
+re-run job must not miss them, though (a finished run keeps its ``last.pt``): ``run_resume_hash`` adds
+a synthetic dataset's generator settings, which regenerate files of the same names.
 """
 
 from __future__ import annotations
@@ -61,3 +63,17 @@ def run_shape(run_cfg: dict) -> dict:
 def run_shape_hash(run_cfg: dict) -> str:
     """Hash of ``run_shape(run_cfg)``: the workflow's re-run param and the resume check of a run."""
     return stable_hash(run_shape(run_cfg))
+
+
+def run_resume_hash(run_cfg: dict) -> str:
+    """The key a run's ``last.pt`` must carry to be resumed (``scripts/train_resume.py``).
+
+    ``run_shape_hash`` plus, on synthetic data, the generator's settings (``synthetic.*`` but
+    ``workers``, as the feature caches key them): Snakemake re-runs a train job when its regenerated
+    input files are newer, and that job must then train afresh, not resume from (or, for a finished
+    run, keep) the weights fitted on the old data. Equal to ``run_shape_hash`` on real data.
+    """
+    if (run_cfg.get("data") or {}).get("source") != "synthetic":
+        return run_shape_hash(run_cfg)
+    synthetic = {k: v for k, v in (run_cfg.get("synthetic") or {}).items() if k != "workers"}
+    return stable_hash({"shape": run_shape(run_cfg), "synthetic": synthetic})
