@@ -328,3 +328,15 @@ def test_default_config_split_counts():
     small = [run_ref(p.subdir) for p in plan_runs(0, 8, 1, 1.0)]
     small_split = scan_split(small, 0, data["max_train_good_runs"])
     assert sum(v == "TRAIN" for v in small_split.values()) == round(0.7 * 8)
+
+
+def test_a_strength_extrapolated_below_zero_settings_is_refused():
+    """A strength > 1 extrapolates each setting past its signature; where that gives a weld a current,
+    voltage, speed or wire feed <= 0 (the schema allows up to 4), planning stops and names the class."""
+    from weldfilm.data.synthetic.plan import POSITIVE_SETTINGS, plan_runs
+    from weldfilm.errors import ConfigError
+
+    for plan in plan_runs(0, 8, 2, 2.0, defect_strength=2.0):
+        assert all(getattr(plan, key) > 0 for key in POSITIVE_SETTINGS), plan.subdir
+    with pytest.raises(ConfigError, match=r"defect_strength 4: class \d\d .* would get \w+ = -"):
+        plan_runs(0, 8, 2, 2.0, defect_strength=4.0)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from weldfilm.data.layout import CLASS_NAMES
+from weldfilm.errors import ConfigError
 
 # Four good process settings ("presets"); each also fixes the look of its plates (steel, thickness,
 # joint) and its photo lighting. Defect configurations start from one of them and change what
@@ -65,6 +66,9 @@ DEFECT_SPECS: dict[int, DefectSpec] = {
     10: _spec(effects=["warp"]),
     11: _spec(effects=["abrupt_stop", "crack"]),
 }
+
+
+POSITIVE_SETTINGS = ("current_a", "voltage_v", "speed_cpm", "feed_mpm")  # > 0 in every weld (gas may be 0)
 
 
 def toward(normal, defect, strength: float):
@@ -144,6 +148,12 @@ def _configuration(class_code: int, preset: int, number: int, date: _dt.date, st
     for key, factor in spec.scale.items():
         if key != "feed_mpm":
             base[key] *= toward(1.0, factor, strength)
+    for key in POSITIVE_SETTINGS:  # a strength > 1 extrapolates past the documented signature, maybe below zero
+        if not base[key] > 0:
+            raise ConfigError(f"synthetic.defect_strength {strength:g}: class {class_code:02d} "
+                              f"({CLASS_NAMES[class_code]}) on good preset {preset} would get {key} = {base[key]:.4g}, "
+                              "which no weld has (the signature is extrapolated that far); use a smaller "
+                              "synthetic.defect_strength")
     geometry = "fillet_joint" if base["weld_type"] == "FILLET" else "plane_plate"
     suffix = "_BSK46" if base["steel"] == "BSK46" else ""
     folder = f"{CLASS_NAMES[class_code]}_weld_{number}_{date:%m-%d-%y}_{geometry}{suffix}"
