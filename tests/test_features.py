@@ -127,3 +127,29 @@ def test_precision_is_fp32_on_the_cpu_whatever_the_config(cfg):
     assert torch.equal(backbones.audio_tokens(audio), reference.audio_tokens(audio))
     bf16 = {**cfg, "train": wanted}
     assert feature_dir_key(bf16) != feature_dir_key(cfg)  # bf16 features never mix with fp32 ones
+
+
+def test_a_rebuild_killed_before_its_sidecar_is_written_is_rebuilt_not_refused(cfg, tmp_path, monkeypatch):
+    """The data file moves into place first, its sidecar last: a kill in between leaves the old sidecar,
+    which the new key does not match (rebuilt), never the new key over old data (accepted, then refused)."""
+    import os
+
+    import weldfilm.io
+    from weldfilm.features import cache_is_current
+
+    path = build_feature_cache(cfg, "val", tmp_path / "val.safetensors", device="cpu")
+    other = {**cfg, "loss": {**cfg["loss"], "text_prompt": "another prompt"}}
+    replace = os.replace
+
+    def killed_at_the_data_file(src, dst):
+        if str(dst) == str(path):
+            raise KeyboardInterrupt("killed")
+        replace(src, dst)
+
+    monkeypatch.setattr(weldfilm.io.os, "replace", killed_at_the_data_file)
+    with pytest.raises(KeyboardInterrupt):
+        build_feature_cache(other, "val", path, device="cpu")
+    assert not cache_is_current(path, cache_key(other))  # the workflow / method rebuilds it
+    monkeypatch.undo()
+    build_feature_cache(other, "val", path, device="cpu")
+    assert cache_is_current(path, cache_key(other)) and FeatureDataset(path, cache_key(other)).sample_ids

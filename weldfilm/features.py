@@ -186,7 +186,9 @@ def build_feature_cache(cfg: dict, split: str, out_path, backbones=None, device=
             "text": text,
             "provenance": provenance(feature_spec(cfg)),
         }
-        write_json(sidecar_of(out_path), sidecar)  # before the data file moves into place (as before)
+    # after the data file is in place: a kill in between leaves an old sidecar that no key matches (the cache
+    # is rebuilt), never a new sidecar over old data (cache_is_current would accept it and every reader refuse it)
+    write_json(sidecar_of(out_path), sidecar)
     return out_path
 
 
