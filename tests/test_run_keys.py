@@ -40,6 +40,8 @@ def test_every_config_section_is_classified():
     ({"causal_film.d_model": 32}, {"causal_film", "ablation no_film"}),
     ({"loss.lambda_gram": 0.5}, {"causal_film", "ablation no_film"}),
     ({"backbones.dinomaly_encoder": "elsewhere/dinov2_reg"}, {"dinomaly"}),
+    # the tiny stand-ins' architecture (written into the same folders): every run that loads one
+    ({"backbones.tiny_size": "paper_shapes"}, {"causal_film", "ablation no_film", "m3dm", "dinomaly"}),
     ({"train.epochs": 7}, set(METHODS) | {"ablation no_film"}),          # shared: every run
     ({"preprocess.num_angles": 4}, set(METHODS) | {"ablation no_film"}),
     ({"seeds": [0, 5], "workflow.eval_splits": ["test"], "paper.render_pdf": "never"}, set()),  # bookkeeping

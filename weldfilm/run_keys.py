@@ -24,12 +24,17 @@ SHARED_SECTIONS = ("run", "data", "preprocess", "augment", "train", "evaluation"
 
 # method -> what else it reads; "section.key" names one key of a section shared by several methods
 METHOD_SECTIONS = {
-    "causal_film": ("causal_film", "loss", "backbones.source", "backbones.tiny_seed", "backbones.video",
-                    "backbones.audio", "backbones.image", "backbones.clip"),
+    "causal_film": ("causal_film", "loss", "backbones.source", "backbones.tiny_seed", "backbones.tiny_size",
+                    "backbones.video", "backbones.audio", "backbones.image", "backbones.clip"),
     "late_fusion": ("late_fusion",),
-    "m3dm": ("m3dm", "backbones.source", "backbones.tiny_seed", "backbones.m3dm_rgb"),
-    "dinomaly": ("dinomaly", "backbones.source", "backbones.tiny_seed", "backbones.dinomaly_encoder"),
+    "m3dm": ("m3dm", "backbones.source", "backbones.tiny_seed", "backbones.tiny_size", "backbones.m3dm_rgb"),
+    "dinomaly": ("dinomaly", "backbones.source", "backbones.tiny_seed", "backbones.tiny_size",
+                 "backbones.dinomaly_encoder"),
 }
+
+# backbones.* keys that are settings of the backbones, not folders a run loads (tiny_size: the architecture of
+# the tiny stand-ins written into the same folders)
+BACKBONE_SETTINGS = ("backbones.source", "backbones.tiny_seed", "backbones.tiny_size")
 
 # Sections no run reads: which runs exist and where they go (the workflow's bookkeeping), how the
 # synthetic data is generated (it reaches runs as files) and how the paper is rendered.
@@ -47,7 +52,7 @@ def run_reads(method: str) -> tuple[str, ...]:
 def method_backbones(method: str) -> tuple[str, ...]:
     """The ``backbones.<key>`` folders a run of ``method`` loads (the inputs of its train job)."""
     return tuple(path.split(".", 1)[1] for path in run_reads(method)
-                 if path.startswith("backbones.") and path not in ("backbones.source", "backbones.tiny_seed"))
+                 if path.startswith("backbones.") and path not in BACKBONE_SETTINGS)
 
 
 def run_shape(run_cfg: dict) -> dict:
