@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from weldfilm.metrics.image import bootstrap_auroc_ci
 from weldfilm.metrics.paired import paired_auroc_delta
 
 
@@ -53,6 +54,8 @@ def test_pairing_narrows_the_interval_of_two_noisy_but_equal_models():
     result = paired_auroc_delta(labels, a[0], b[0], resamples=1000)
     assert result.n_seeds == 1 and result.ci_lo <= 0 <= result.ci_hi
     assert result.ci_hi - result.ci_lo < 0.03
+    single_lo, single_hi = bootstrap_auroc_ci(labels, a[0], resamples=1000)  # what the docstring compares with
+    assert result.ci_hi - result.ci_lo < (single_hi - single_lo) / 3
 
 
 def test_reproducible_with_a_seed_and_seed_dependent():
