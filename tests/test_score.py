@@ -196,3 +196,6 @@ def test_threshold_comes_from_val_and_a_run_without_evaluation_is_refused(tmp_pa
     write_json(tmp_path / "eval" / "val" / "metrics.json", {"threshold": {"value": 1.5, "source_split": "val"}})
     val = run_threshold(tmp_path)
     assert val["value"] == 1.5 and val["source_split"] == "val" and val["note"] is None and "Youden" in val["rule"]
+    write_json(tmp_path / "eval" / "test" / "metrics.json", {"i_auroc": 0.9})  # no threshold: named, with the fix
+    with pytest.raises(CheckpointError, match=r"eval/test/metrics\.json holds no threshold.*weldfilm evaluate"):
+        run_threshold(tmp_path)

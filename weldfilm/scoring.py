@@ -121,8 +121,11 @@ def run_threshold(run_dir) -> dict:
     for split in ("test", "val", "train"):
         path = run_dir / "eval" / split / "metrics.json"
         if path.is_file():
-            metrics = read_json(path, "metrics file")
-            found.append((path, metrics["threshold"]))
+            threshold = read_json(path, "metrics file").get("threshold")
+            if not isinstance(threshold, dict) or "value" not in threshold:
+                raise CheckpointError(f"run {run_dir}: {path} holds no threshold value; re-run `weldfilm evaluate "
+                                      f"--run {run_dir} --split {split} --out {path.parent}`")
+            found.append((path, threshold))
     if not found:
         raise CheckpointError(f"run {run_dir} has no eval/<split>/metrics.json with a threshold; run "
                               f"`weldfilm evaluate --run {run_dir} --split val --out {run_dir}/eval/val` first")
