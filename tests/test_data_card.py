@@ -61,3 +61,19 @@ def test_card_writes_separability_of_the_synthetic_signatures(tiny_data_root, tm
     markdown = (tmp_path / "card" / "separability.md").read_text()
     assert "| 07 | lack_of_fusion |" in markdown and "1.00 (current_mean ↓)" in markdown
     assert "`audio_rms` = sound RMS" in markdown
+
+
+def test_a_broken_recording_is_named_with_its_run_and_file(tiny_data_root, tmp_path):
+    import shutil
+
+    from weldfilm.data.card import hand_features
+    from weldfilm.data.layout import discover_runs
+    from weldfilm.errors import DataError
+
+    run = discover_runs(tiny_data_root)[0]
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data_root / run.subdir, root / run.subdir)
+    flac = run.files(root)["flac"]
+    flac.write_bytes(b"not a flac file")
+    with pytest.raises(DataError, match=rf"run {run.run_id}: .*{flac.name}: the sound cannot be decoded"):
+        hand_features(root, run.subdir)

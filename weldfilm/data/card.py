@@ -76,10 +76,14 @@ def _sensor_features(run_id: str, path: Path) -> dict:
             "gas_flow_mean": float(pd.to_numeric(table["CO2 Weld Flow"], errors="coerce").mean())}
 
 
-def _audio_features(path: Path) -> dict:
+def _audio_features(run_id: str, path: Path) -> dict:
     import soundfile as sf
 
-    sound, _ = sf.read(path, dtype="float32")
+    try:
+        sound, _ = sf.read(path, dtype="float32")
+    except (RuntimeError, OSError) as exc:  # soundfile.LibsndfileError is a RuntimeError
+        raise data_error(run_id, path, f"the sound cannot be decoded ({exc})",
+                         "restore the recording or list the run in data.exclude_runs") from exc
     sound = sound if sound.ndim == 1 else sound.mean(axis=1, dtype=np.float32)
     centred = sound - np.float32(sound.mean(dtype=np.float64))
     squared = centred * centred  # float32 dot products: 5x faster than float64 powers of a 192 kHz track
@@ -124,7 +128,7 @@ def hand_features(data_root, subdir: str) -> dict:
     """The HAND_FEATURES of one run, read from its files (csv, flac, avi, first photo)."""
     run = run_ref(subdir)
     files = run.files(data_root)
-    return {**_sensor_features(run.run_id, files["csv"]), **_audio_features(files["flac"]),
+    return {**_sensor_features(run.run_id, files["csv"]), **_audio_features(run.run_id, files["flac"]),
             **_video_features(run.run_id, files["avi"]), **_photo_features(run.run_id, files["images"])}
 
 
