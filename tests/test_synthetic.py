@@ -332,7 +332,7 @@ def test_default_config_split_counts():
 
 def test_a_strength_extrapolated_below_zero_settings_is_refused():
     """A strength > 1 extrapolates each setting past its signature; where that gives a weld a current,
-    voltage, speed or wire feed <= 0 (the schema allows up to 4), planning stops and names the class."""
+    voltage, speed or wire feed <= 0 (the schema stops at 2; plan_runs is called directly here), planning stops and names the class."""
     from weldfilm.data.synthetic.plan import POSITIVE_SETTINGS, plan_runs
     from weldfilm.errors import ConfigError
 

@@ -17,7 +17,7 @@ from weldfilm.io import stable_hash
 FORMAT_VERSION = 1
 TEXT_EMBEDDING = "__text_embedding__"
 BACKBONE_KEYS = ("video", "audio", "image", "clip")
-DATA_KEYS = ("source", "root", "paper_manifest", "split_seed", "exclude_runs", "allow_missing_images")
+DATA_KEYS = ("source", "root", "paper_manifest", "split_seed", "max_train_good_runs", "exclude_runs", "allow_missing_images")
 CAUSAL_FILM_MODALITIES = ("video", "post_weld_images", "audio", "sensor")
 _SMALL_FILE = 1 << 20
 
