@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 
-def prepare(root: Path, good_runs: int, runs_per_class: int) -> dict:
+def prepare(root: Path, good_runs: int, runs_per_class: int, **overrides) -> dict:
+    """A synthetic dataset, its manifest and tiny backbones below ``root``; the Causal-FiLM run config
+    (``overrides``: more dotted config keys, e.g. ``{"preprocess.image_size": 448}``)."""
     from weldfilm.config import load_config, run_config
     from weldfilm.data.manifest import build_manifest
     from weldfilm.data.synthetic import generate
@@ -28,7 +30,7 @@ def prepare(root: Path, good_runs: int, runs_per_class: int) -> dict:
     tiny = root / "backbones" / "tiny"
     overrides = {"results": str(root), "data.root": str(root / "data" / "synthetic"), "backbones.dir": str(tiny),
                  "train.epochs": 1, "train.device": "cpu", "synthetic.good_runs": good_runs,
-                 "synthetic.runs_per_class": runs_per_class}
+                 "synthetic.runs_per_class": runs_per_class, **overrides}
     for key, sub in (("video", "vjepa2"), ("audio", "ast"), ("image", "dinov3"), ("clip", "clip"),
                      ("m3dm_rgb", "dino_vitb8"), ("dinomaly_encoder", "dinov2_reg")):
         overrides[f"backbones.{key}"] = str(tiny / sub)

@@ -84,26 +84,12 @@ def child(cfg_path: str, impl: str, out: str, inflate: str) -> None:
 
 
 def prepare(root: Path, good_runs: int, runs_per_class: int, image_size: int, batch_size: int) -> dict:
-    """Synthetic data + tiny backbones below ``root``; the Causal-FiLM run config whose VAL cache is built."""
-    from weldfilm.config import load_config, run_config
-    from weldfilm.data.manifest import build_manifest
-    from weldfilm.data.synthetic import generate
-    from weldfilm.models.tiny import write_tiny_backbones
-
-    tiny = root / "backbones" / "tiny"
-    overrides = {"results": str(root), "data.root": str(root / "data" / "synthetic"), "backbones.dir": str(tiny),
-                 "train.device": "cpu", "train.eval_batch_size": batch_size, "preprocess.image_size": image_size,
-                 "synthetic.good_runs": good_runs, "synthetic.runs_per_class": runs_per_class}
-    for key, sub in (("video", "vjepa2"), ("audio", "ast"), ("image", "dinov3"), ("clip", "clip"),
-                     ("m3dm_rgb", "dino_vitb8"), ("dinomaly_encoder", "dinov2_reg")):
-        overrides[f"backbones.{key}"] = str(tiny / sub)
-    cfg = load_config(None, overrides)
-    generate(cfg["data"]["root"], **cfg["synthetic"])
-    build_manifest(cfg["data"]["root"], root / "data" / "manifest.csv", seed=cfg["data"]["split_seed"])
-    p = cfg["preprocess"]
-    write_tiny_backbones(tiny, seed=0, frame_size=p["frame_size"], video_frames=p["video_frames"],
-                         image_size=p["image_size"], mel_bins=p["audio_mel_bins"], audio_frames=p["audio_frames"])
-    return run_config(cfg, "causal_film", seed=0)
+    """The feature-cache benchmark's data, manifest and tiny backbones at this benchmark's sizes."""
+    spec = importlib.util.spec_from_file_location("feature_cache_bench", Path(__file__).with_name("feature_cache.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.prepare(root, good_runs, runs_per_class, **{"train.eval_batch_size": batch_size,
+                                                             "preprocess.image_size": image_size})
 
 
 def measure(cfg: dict, root: Path, impl: str, inflate: int) -> dict:

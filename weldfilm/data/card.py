@@ -14,7 +14,6 @@ spectrogram, the six sensor traces and the post-weld photos, as the models recei
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -143,13 +142,10 @@ def feature_table(manifest: pd.DataFrame, data_root, max_per_class: int = MAX_RU
         if len(subdirs) > max_per_class:
             subdirs = sorted(rng.choice(subdirs, size=max_per_class, replace=False).tolist())
         picked += [(code, s) for s in subdirs]
-    rows, started = [], time.perf_counter()
-    for done, (code, subdir) in enumerate(picked, start=1):
-        rows.append({"SUBDIRS": subdir, "class_code": code, **hand_features(data_root, subdir)})
-        if done % 100 == 0 or done == len(picked):
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            print(f"card: hand features of {done}/{len(picked)} runs ({rate:.0f} runs/s, "
-                  f"ETA {(len(picked) - done) / rate:.0f} s)", flush=True)
+    from weldfilm.training.progress import progress
+
+    rows = [{"SUBDIRS": subdir, "class_code": code, **hand_features(data_root, subdir)}
+            for code, subdir in progress(picked, "card: hand features", unit="run")]
     return pd.DataFrame(rows)
 
 
