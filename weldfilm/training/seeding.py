@@ -62,10 +62,16 @@ def restore_rng_state(state: dict, loader=None) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
     if loader is not None:
-        generators = loader_generators(loader)
-        if len(generators) != len(state["loader"]):
-            raise ValueError(f"the loader has {len(generators)} generators, the checkpoint {len(state['loader'])}")
-        for gen, gen_state in zip(generators, state["loader"]):
-            gen.set_state(gen_state)
+        restore_loader_state(state["loader"], loader)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def restore_loader_state(loader_state: list, loader, source="the checkpoint") -> None:
+    """Set the loader's generators (``loader_generators``) to ``loader_state`` (the ``loader`` entry of a
+    :func:`capture_rng_state`); ``source`` names where it comes from in the error."""
+    generators = loader_generators(loader)
+    if len(generators) != len(loader_state):
+        raise ValueError(f"the loader has {len(generators)} generators, {source} {len(loader_state)}")
+    for gen, gen_state in zip(generators, loader_state):
+        gen.set_state(gen_state)

@@ -4,6 +4,10 @@ Causal-FiLM and every gradient-trained baseline are fitted here: optimiser (the 
 ``configure_optimizer`` or AdamW + warmup/cosine), EMA, AMP (CUDA only), gradient clipping, selection
 on the validation loader's I-AUROC (or a loss), early stopping, ``best.pt`` / ``last.pt``, exact
 resume from ``last.pt`` and the JSON-lines log ``train_log.jsonl``.
+
+``fit_members`` trains several heads ("members", e.g. the protocols and ablations of one Causal-FiLM
+seed) in lockstep from one loader: each batch (one frozen-backbone pass) is made once and given to
+every member, each member exactly as its own ``Trainer.fit``; ``Trainer.fit`` is its one-member case.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from weldfilm.training.checkpoints import load_checkpoint, load_module_state, sa
 from weldfilm.training.ema import ModelEMA
 from weldfilm.training.progress import progress
 from weldfilm.training.schedules import default_optimizer
-from weldfilm.training.seeding import capture_rng_state, restore_rng_state, seed_everything
+from weldfilm.training.seeding import capture_rng_state, restore_loader_state, restore_rng_state, seed_everything
 
 SELECT_ON = ("auroc", "loss")
 
@@ -118,6 +122,100 @@ def set_epoch(loader, epoch: int) -> None:
 RESUME_ONLY_KEYS = ("optimizer", "scheduler", "scaler", "rng")  # in last.pt, not in best.pt
 
 
+@dataclass
+class Member:
+    """One head of a (possibly lockstep) fit: everything ``Trainer.fit`` keeps for its head.
+
+    Made by :meth:`Trainer.member`; :func:`fit_members` trains members from one loader. ``rng`` is the
+    member's own global RNG state (torch CPU/CUDA, numpy, python), swapped in around each of its steps
+    and its validation, so members trained together draw exactly what they would draw alone.
+    """
+
+    trainer: "Trainer"
+    head: nn.Module
+    val_loader: object
+    selection: str
+    optimizer: object
+    scheduler: object
+    interval: str
+    ema: object
+    scaler: object
+    tracker: dict
+    notes: list
+    epochs: int
+    patience: int
+    next_epoch: int = 0
+    resumed_from: int | None = None
+    loader_state: list | None = None      # the loader's generator states of last.pt (after epoch next_epoch - 1)
+    rng: dict | None = None
+    finished: bool = False
+    stopped_early: bool = False
+    sums: dict = field(default_factory=dict)
+    batches: int = 0
+    epoch_started: float = 0.0
+    epoch_lr: float = 0.0
+    last_loss: float = math.nan
+
+    def result(self) -> FitResult:
+        return self.trainer._result(self.selection, self.tracker, self.next_epoch, self.stopped_early,
+                                    self.resumed_from, self.notes)
+
+
+@contextlib.contextmanager
+def member_rng(member: Member):
+    """Run a member's step or validation with its own global RNG state (restored before, kept after)."""
+    restore_rng_state(member.rng)
+    try:
+        yield
+    finally:
+        member.rng = capture_rng_state()
+
+
+def fit_members(members: list[Member], train_loader) -> list[FitResult]:
+    """Train every member on the batches of one ``train_loader``, each batch produced once.
+
+    Each member keeps its own head, optimiser, schedule, EMA, scaler, early stopping, checkpoints and
+    log, exactly as ``Trainer.fit`` alone (on CPU bit for bit: each member's RNG is its own, the loader
+    draws from its own generators). Members resumed at different epochs: each epoch runs the members
+    whose next epoch it is; the loader's generators are set from a runner's ``last.pt`` whenever they
+    are not at that epoch (the earliest member's at the start). Finished (or early-stopped) members
+    leave; the loop ends when none is left. Members must not change the batches they are given.
+    """
+    active = [m for m in members if not m.finished]
+    loader_epoch = 0  # the epoch the loader's generators are at (a fresh loader: 0)
+    lead = members[0].trainer if members else None
+    desc = lead._desc("train") + (f" +{len(members) - 1} runs in lockstep" if len(members) > 1 else "") if lead else ""
+
+    def epochs():
+        nonlocal active
+        while active:
+            yield min(m.next_epoch for m in active)
+            active = [m for m in active if not m.finished]
+
+    total = max((m.epochs - m.next_epoch for m in active), default=0)
+    bar = progress(epochs(), desc, total=total, unit="epoch")
+    for epoch in bar:
+        runners = [m for m in active if m.next_epoch == epoch]
+        if loader_epoch != epoch:
+            restore_loader_state(runners[0].loader_state, train_loader, runners[0].trainer.last_path)
+        set_epoch(train_loader, epoch)
+        for m in runners:
+            m.trainer._begin_epoch(m)
+        for batch in progress(train_loader, lead._desc(f"epoch {epoch}"), unit="batch", nested=True):
+            for m in runners:
+                with member_rng(m):
+                    m.trainer._train_step(m, batch, epoch)
+        loader_epoch = epoch + 1
+        for m in runners:
+            with member_rng(m):
+                metric = m.trainer._end_epoch(m, epoch, train_loader)
+        if len(members) == 1:
+            bar.set_postfix(loss=f"{runners[0].last_loss:.4f}", **{runners[0].selection: f"{metric:.4f}"})
+        else:
+            bar.set_postfix(training=len([m for m in runners if not m.finished]))
+    return [m.result() for m in members]
+
+
 class Trainer:
     """Fits one head; ``prefix`` lets one run dir hold several sub-models (files ``<prefix>best.pt``...)."""
 
@@ -134,7 +232,15 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- fit
     def fit(self, head: nn.Module, train_loader, val_loader=None, resume: bool = False,
             select_on: str = "auroc") -> FitResult:
-        """Train ``head`` for ``train_cfg['epochs']`` epochs (or until early stopping); see the module doc."""
+        """Train ``head`` for ``train_cfg['epochs']`` epochs (or until early stopping); see the module doc.
+
+        The one-member case of :func:`fit_members` (several heads on one loader)."""
+        (result,) = fit_members([self.member(head, train_loader, val_loader, resume, select_on)], train_loader)
+        return result
+
+    def member(self, head: nn.Module, train_loader, val_loader=None, resume: bool = False,
+               select_on: str = "auroc") -> Member:
+        """Everything a fit of ``head`` needs before its first epoch (optimiser, EMA, resumed state)."""
         if select_on not in SELECT_ON:
             raise ConfigError(f"select_on must be one of {SELECT_ON}, got '{select_on}'")
         selection = ("val_" if val_loader is not None else "train_") + ("auroc" if select_on == "auroc" and
@@ -154,9 +260,10 @@ class Trainer:
             raise ConfigError(f"configure_optimizer of {type(head).__name__} returned interval '{interval}'"
                               " (expected 'epoch' or 'step')")
         ema = ModelEMA(head, self.cfg["ema_decay"]) if self.cfg.get("use_ema", False) else None
-        scaler = self._grad_scaler()
-        tracker = {"best_metric": None, "best_epoch": -1, "epochs_without_improvement": 0}
-        start_epoch, resumed_from = 0, None
+        member = Member(trainer=self, head=head, val_loader=val_loader, selection=selection, optimizer=optimizer,
+                        scheduler=scheduler, interval=interval, ema=ema, scaler=self._grad_scaler(),
+                        tracker={"best_metric": None, "best_epoch": -1, "epochs_without_improvement": 0},
+                        notes=notes, epochs=epochs, patience=int(self.cfg.get("early_stopping_patience", 0)))
         if resume and self.last_path.is_file():
             ckpt = load_checkpoint(self.last_path)
             load_module_state(head, ckpt["model"], self.last_path)
@@ -168,92 +275,95 @@ class Trainer:
             optimizer.load_state_dict(ckpt["optimizer"])
             if scheduler is not None and ckpt.get("scheduler") is not None:
                 scheduler.load_state_dict(ckpt["scheduler"])
-            if scaler is not None and ckpt.get("scaler") is not None:
-                scaler.load_state_dict(ckpt["scaler"])
-            tracker = {key: ckpt[key] for key in tracker}
-            restore_rng_state(ckpt["rng"], train_loader)
-            start_epoch = resumed_from = ckpt["epoch"] + 1
+            if member.scaler is not None and ckpt.get("scaler") is not None:
+                member.scaler.load_state_dict(ckpt["scaler"])
+            member.tracker = {key: ckpt[key] for key in member.tracker}
+            restore_rng_state(ckpt["rng"])
+            member.loader_state = ckpt["rng"].get("loader", [])
+            member.next_epoch = member.resumed_from = ckpt["epoch"] + 1
             self._truncate_log(keep_through_epoch=ckpt["epoch"])
             notes.append(f"resumed from {self.last_path.name} after epoch {ckpt['epoch']}")
             if ckpt.get("finished"):
-                return self._result(selection, tracker, ckpt["epoch"] + 1, ckpt.get("stopped_early", False),
-                                    resumed_from, notes)
+                member.finished, member.stopped_early = True, ckpt.get("stopped_early", False)
         else:
             if resume:
                 notes.append(f"resume requested but {self.last_path.name} does not exist: trained from scratch")
             self._truncate_log(keep_through_epoch=-1)
-        stopped_early, epoch = False, start_epoch - 1
-        patience = int(self.cfg.get("early_stopping_patience", 0))
-        bar = progress(range(start_epoch, epochs), self._desc("train"), total=epochs - start_epoch, unit="epoch")
-        for epoch in bar:
-            started = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            set_epoch(train_loader, epoch)
-            terms = self._train_epoch(head, train_loader, optimizer, scheduler if interval == "step" else None,
-                                      ema, scaler, epoch)
-            if scheduler is not None and interval == "epoch":
-                scheduler.step()
-            eval_model = ema.module if ema is not None else head
-            val = self._validate(eval_model, val_loader, selection)
-            metric = val[selection] if selection.startswith("val_") else terms["loss"]
-            improved = self._improves(metric, tracker["best_metric"], selection)
-            if improved:
-                tracker.update(best_metric=metric, best_epoch=epoch, epochs_without_improvement=0)
-            else:
-                tracker["epochs_without_improvement"] += 1
-            stopped_early = patience > 0 and tracker["epochs_without_improvement"] >= patience
-            finished = stopped_early or epoch == epochs - 1
-            self._append_log({"epoch": epoch, "lr": lr, **terms, **val, "selected": improved,
-                              "time_s": round(time.perf_counter() - started, 4)})
-            state = self._state(head, ema, optimizer, scheduler, scaler, epoch, tracker, selection,
-                                train_loader, finished, stopped_early)
-            if improved:  # what scoring reads: the weights (and EMA) with their epoch's record, no resume state
-                save_checkpoint(self.best_path, {k: v for k, v in state.items() if k not in RESUME_ONLY_KEYS})
-            save_checkpoint(self.last_path, state)
-            bar.set_postfix(loss=f"{terms['loss']:.4f}", **{selection: f"{metric:.4f}"})
-            if stopped_early:
-                notes.append(f"early stopping after epoch {epoch} (patience {patience})")
-                break
-        return self._result(selection, tracker, epoch + 1, stopped_early, resumed_from, notes)
+        if member.next_epoch >= epochs:
+            member.finished = True
+        member.rng = capture_rng_state()
+        return member
 
     # ------------------------------------------------------------------------------------- pieces
-    def _train_epoch(self, head, loader, optimizer, step_scheduler, ema, scaler, epoch) -> dict:
-        head.train()
-        sums: dict[str, float] = {}
-        batches = 0
+    def _begin_epoch(self, m: Member) -> None:
+        m.epoch_started = time.perf_counter()
+        m.epoch_lr = m.optimizer.param_groups[0]["lr"]
+        m.head.train()
+        m.sums, m.batches = {}, 0
+
+    def _train_step(self, m: Member, batch, epoch: int) -> None:
+        """One optimisation step of member ``m`` on ``batch`` (shared with other members: not changed)."""
+        batch = move_to_device(batch, self.device)
+        with autocast_context(self.device, self.cfg):
+            losses = m.head.training_losses(batch)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"{self.run_dir}: {self.prefix}loss is {loss.item()} in epoch {epoch}; lower train.lr or "
+                "set train.gradient_clip")
+        optimizer, scaler = m.optimizer, m.scaler
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
         clip = float(self.cfg.get("gradient_clip", 0.0) or 0.0)
-        for batch in progress(loader, self._desc(f"epoch {epoch}"), unit="batch", nested=True):
-            batch = move_to_device(batch, self.device)
-            with autocast_context(self.device, self.cfg):
-                losses = head.training_losses(batch)
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"{self.run_dir}: {self.prefix}loss is {loss.item()} in epoch {epoch}; lower train.lr or "
-                    "set train.gradient_clip")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if clip > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in head.parameters() if p.requires_grad], clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            if step_scheduler is not None:
-                step_scheduler.step()
-            if ema is not None:
-                ema.update(head)
-            for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
-            batches += 1
-        if batches == 0:
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in m.head.parameters() if p.requires_grad], clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if m.scheduler is not None and m.interval == "step":
+            m.scheduler.step()
+        if m.ema is not None:
+            m.ema.update(m.head)
+        for key, value in losses.items():
+            m.sums[key] = m.sums.get(key, 0.0) + float(value.detach())
+        m.batches += 1
+
+    def _end_epoch(self, m: Member, epoch: int, train_loader) -> float:
+        """Epoch schedule, validation, selection, early stopping, log line, checkpoints; the selection metric."""
+        if m.batches == 0:
             raise ConfigError(f"{self.run_dir}: the training loader yielded no batch (empty training split?)")
-        return {key: value / batches for key, value in sums.items()}
+        terms = {key: value / m.batches for key, value in m.sums.items()}
+        if m.scheduler is not None and m.interval == "epoch":
+            m.scheduler.step()
+        eval_model = m.ema.module if m.ema is not None else m.head
+        val = self._validate(eval_model, m.val_loader, m.selection)
+        metric = val[m.selection] if m.selection.startswith("val_") else terms["loss"]
+        tracker = m.tracker
+        improved = self._improves(metric, tracker["best_metric"], m.selection)
+        if improved:
+            tracker.update(best_metric=metric, best_epoch=epoch, epochs_without_improvement=0)
+        else:
+            tracker["epochs_without_improvement"] += 1
+        m.stopped_early = m.patience > 0 and tracker["epochs_without_improvement"] >= m.patience
+        m.finished = m.stopped_early or epoch == m.epochs - 1
+        self._append_log({"epoch": epoch, "lr": m.epoch_lr, **terms, **val, "selected": improved,
+                          "time_s": round(time.perf_counter() - m.epoch_started, 4)})
+        state = self._state(m.head, m.ema, m.optimizer, m.scheduler, m.scaler, epoch, tracker, m.selection,
+                            train_loader, m.finished, m.stopped_early)
+        if improved:  # what scoring reads: the weights (and EMA) with their epoch's record, no resume state
+            save_checkpoint(self.best_path, {k: v for k, v in state.items() if k not in RESUME_ONLY_KEYS})
+        save_checkpoint(self.last_path, state)
+        m.next_epoch = epoch + 1
+        m.last_loss = terms["loss"]
+        if m.stopped_early:
+            m.notes.append(f"early stopping after epoch {epoch} (patience {m.patience})")
+        return metric
 
     def _validate(self, model, loader, selection: str) -> dict:
         if loader is None:
