@@ -22,6 +22,17 @@ CAUSAL_FILM_MODALITIES = ("video", "post_weld_images", "audio", "sensor")
 _SMALL_FILE = 1 << 20
 
 
+def data_identity(cfg: dict) -> dict:
+    """The config values that say which runs a split holds and what their files contain: ``data`` (root,
+    manifest, split, exclusions, missing images) and, on synthetic data, the generator's settings (same
+    run names, other content when they change). The feature caches and the decoded-input store
+    (weldfilm/data/store.py) both key on it."""
+    out = {"data": {k: cfg["data"].get(k) for k in DATA_KEYS}}
+    if cfg["data"].get("source") == "synthetic":
+        out["synthetic"] = {k: v for k, v in cfg.get("synthetic", {}).items() if k != "workers"}
+    return out
+
+
 def feature_spec(cfg: dict) -> dict:
     """Every config value the cached features depend on."""
     spec = {
@@ -30,11 +41,9 @@ def feature_spec(cfg: dict) -> dict:
         "preprocess": cfg["preprocess"],
         "result_layers": list(cfg["causal_film"]["result_layers"]),
         "text_prompt": cfg["loss"].get("text_prompt", "a normal weld"),
-        "data": {k: cfg["data"].get(k) for k in DATA_KEYS},
         "storage_dtype": cfg["train"].get("feature_cache_dtype", "fp32"),
+        **data_identity(cfg),
     }
-    if cfg["data"].get("source") == "synthetic":  # same run names, other content when the generator's settings change
-        spec["synthetic"] = {k: v for k, v in cfg.get("synthetic", {}).items() if k != "workers"}
     precision = cfg["train"].get("backbone_precision", "fp32")
     if precision != "fp32":  # (absent for fp32: the keys of existing fp32 caches stay as they were)
         spec["backbone_precision"] = precision

@@ -63,11 +63,22 @@ def normal_only_subset(dataset) -> torch.utils.data.Subset:
     return torch.utils.data.Subset(dataset, normal_only_indices(dataset.labels, dataset.sample_ids))
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
+def resolve_num_workers(value) -> int:
+    """``train.num_workers``: an integer, or ``auto`` = the job's threads minus one (the main process
+    keeps one). The job's threads are what ``torch.get_num_threads()`` says: scripts/snakemake_job.py
+    sets it to the rule's ``threads`` (SLURM: the profile's set-threads), a plain process has the cores."""
+    if value == "auto":
+        return max(0, torch.get_num_threads() - 1)
+    return int(value)
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers=0,
                 collate_fn=None) -> torch.utils.data.DataLoader:
-    """A DataLoader whose shuffling uses its own seeded generator (repeatable, resumable)."""
+    """A DataLoader whose shuffling uses its own seeded generator (repeatable, resumable); ``num_workers``
+    may be ``auto`` (``resolve_num_workers``)."""
     if collate_fn is None:
         from weldfilm.data.dataset import collate_batch as collate_fn
+    num_workers = resolve_num_workers(num_workers)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                                        collate_fn=collate_fn, generator=seeded_generator(seed),
                                        persistent_workers=False)

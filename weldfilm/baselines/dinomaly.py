@@ -82,7 +82,7 @@ class DinomalyMethod(Method):
         return DinomalyTrainable(self._encoder, self.section)
 
     def _images(self, split: str):
-        dataset = self.dataset(split, augment=False, image_size=self.section["resize"])
+        dataset = self.dataset(split, augment=False, **self.input_overrides())
         return MemoryCachedDataset(dataset) if self.section["cache_inputs"] else dataset
 
     def _encoded(self, split: str):
@@ -200,8 +200,11 @@ class DinomalyMethod(Method):
         return self._evaluate(split)[0]
 
     def input_overrides(self) -> dict:
-        """Dataset arguments of the runs Dinomaly reads: every photo at ``dinomaly.resize``."""
-        return {"modalities": self.modalities, "image_size": self.section["resize"]}
+        """Dataset arguments of the runs Dinomaly reads: every photo at ``dinomaly.resize``
+        (``weldfilm.data.store.dinomaly_arguments``: the decoded-input store reads the same)."""
+        from weldfilm.data.store import dinomaly_arguments
+
+        return dinomaly_arguments(self.cfg)
 
     @torch.no_grad()
     def score_inputs(self, dataset) -> list[dict]:

@@ -15,6 +15,7 @@ import torch
 from weldfilm.baselines.common import MemoryCachedDataset, SplitResultMemo, fair_selection_split
 from weldfilm.baselines.late_fusion_models import (AudioAutoEncoder, VideoAutoEncoder, fuse_scores,
                                                    search_fusion_weight, zscore_stats)
+from weldfilm.data.store import late_fusion_arguments
 from weldfilm.io import read_json, write_json
 from weldfilm.methods import Method, normal_only_subset, scores_frame
 from weldfilm.training import load_selected_weights, score_loader
@@ -76,11 +77,9 @@ class LateFusionMethod(Method):
         return self._datasets[key]
 
     def input_overrides(self, branch: str) -> dict:
-        """Dataset arguments of one branch: STFT audio at Late Fusion's rate and window, or its video frames."""
-        s = self.section
-        return {"modalities": (branch,), "audio_type": "stft", "audio_sr": s["audio_sr"], "n_fft": s["n_fft"],
-                "hop_length": s["hop_length"], "audio_frames": s["audio_frames"], "video_frames": s["video_frames"],
-                "frame_size": s["frame_size"]}
+        """Dataset arguments of one branch: STFT audio at Late Fusion's rate and window, or its video frames
+        (``weldfilm.data.store.late_fusion_arguments``: the decoded-input store reads the same)."""
+        return late_fusion_arguments(self.cfg, branch)
 
     def _loader(self, split: str, branch: str, train: bool = False):
         dataset = self._dataset(split, branch)

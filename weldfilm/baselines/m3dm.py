@@ -431,8 +431,11 @@ class M3DMMethod(Method):
         return self._score_batches(self._extract(dataset, "M3DM scoring new welds"))
 
     def input_overrides(self) -> dict:
-        """Dataset arguments of the runs M3DM reads: the first photo at ``m3dm.image_size`` (+ the sensor table)."""
-        return {"modalities": ("post_weld_images",), "num_angles": 1, "image_size": self.params["image_size"]}
+        """Dataset arguments of the runs M3DM reads: the first photo at ``m3dm.image_size`` (+ the sensor table)
+        (``weldfilm.data.store.m3dm_arguments``: the decoded-input store reads the same)."""
+        from weldfilm.data.store import m3dm_arguments
+
+        return m3dm_arguments(self.cfg)
 
     def _score_batches(self, batches) -> tuple[pd.DataFrame, np.ndarray]:
         """``(ids, rgb, point)`` batches -> the scores frame (fused + per modality) and the fused maps."""

@@ -8,6 +8,10 @@ paper's effective values (T_v=32 at 64 px, N=5 at 224 px, mel 64 x 256, sensor 2
 Augmentation (section 8.6) runs only with ``augment=True`` on the TRAIN split; the generator of
 sample ``i`` is seeded by ``(seed, epoch, i)``, so the same seed gives the same sample whatever the
 worker or order. ``epoch`` is 0 unless the trainer calls ``set_epoch`` to vary it per epoch.
+
+``store`` (``{modality: weldfilm.data.store.StoredKind}``, attached by ``dataset_from_config`` when the
+decoded-input store holds a current file of the split) serves those modalities from a memory map
+instead of decoding (bit-identical values); augmentation is applied to the arrays either way.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from weldfilm.data import augment as aug
 from weldfilm.data import readers
 from weldfilm.data.layout import run_ref
 from weldfilm.data.manifest import SPLITS, read_manifest
+from weldfilm.data.store import PREPROCESS_KEYS, open_store
 from weldfilm.errors import ConfigError, DataError
 
 MODALITIES = ("video", "post_weld_images", "audio", "sensor")
@@ -35,7 +40,7 @@ class WeldingDataset(torch.utils.data.Dataset):
                  audio_mel_bins: int = 64, audio_frames: int = 256, n_fft: int = 2048, hop_length: int = 512,
                  sensor_length: int = 256, sensor_channels: int = 6, modalities=None, augment: bool = False,
                  seed: int = 0, allow_missing_images: bool = False, exclude_runs=(),
-                 augment_params: dict | None = None):
+                 augment_params: dict | None = None, store: dict | None = None):
         self.split = str(split).upper()
         if self.split not in SPLITS:
             raise ConfigError(f"split must be one of {list(SPLITS)} (any case), got '{split}'")
@@ -65,6 +70,7 @@ class WeldingDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.allow_missing_images = allow_missing_images
+        self.store = dict(store or {})  # modality -> StoredKind: read from the decoded-input store
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -83,19 +89,34 @@ class WeldingDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def read_arrays(self, index: int) -> dict:
-        """The requested modalities of run ``index`` as numpy arrays (before augmentation)."""
+        """The requested modalities of run ``index`` as numpy arrays (before augmentation): from the
+        decoded-input store where it holds them, decoded from the run's files otherwise."""
+        out = {}
+        for modality in self.modalities:
+            if modality in self.store:
+                self.store[modality].read(index, out)
+        missing = tuple(m for m in self.modalities if m not in self.store)
+        if missing:
+            out.update(self.decode_arrays(index, modalities=missing))
+        return {key: out[key] for key in ("video", "post_weld_images", "num_images", "audio", "sensor") if key in out}
+
+    def decode_arrays(self, index: int, uint8: bool = False, modalities=None) -> dict:
+        """The ``modalities`` (default: all requested) of run ``index`` decoded from its files. ``uint8``:
+        video frames and photos as the resized RGB pixels (what the decoded-input store keeps)."""
         run, s = self.runs[index], self.sizes
+        wanted = self.modalities if modalities is None else modalities
+        pixels = np.uint8 if uint8 else np.float32
         files = run.files(self.data_root)
         out = {}
-        if "video" in self.modalities:
-            out["video"] = readers.read_video(run.subdir, files["avi"], s["video_frames"], s["frame_size"])
-        if "post_weld_images" in self.modalities:
+        if "video" in wanted:
+            out["video"] = readers.read_video(run.subdir, files["avi"], s["video_frames"], s["frame_size"], pixels)
+        if "post_weld_images" in wanted:
             out["post_weld_images"], out["num_images"] = readers.read_images(
-                run.subdir, files["images"], s["num_angles"], s["image_size"], self.allow_missing_images)
-        if "audio" in self.modalities:
+                run.subdir, files["images"], s["num_angles"], s["image_size"], self.allow_missing_images, pixels)
+        if "audio" in wanted:
             out["audio"] = readers.read_audio(run.subdir, files["flac"], s["audio_type"], s["audio_sr"],
                                               s["audio_mel_bins"], s["audio_frames"], s["n_fft"], s["hop_length"])
-        if "sensor" in self.modalities:
+        if "sensor" in wanted:
             out["sensor"] = readers.read_sensor(run.subdir, files["csv"], s["sensor_length"], s["sensor_channels"])
         return out
 
@@ -143,17 +164,15 @@ def collate_batch(items: list[dict]) -> dict:
     return batch
 
 
-PREPROCESS_KEYS = ("video_frames", "frame_size", "image_size", "num_angles", "audio_type", "audio_sr",
-                   "audio_mel_bins", "audio_frames", "n_fft", "hop_length", "sensor_length", "sensor_channels")
-
-
 def dataset_from_config(cfg: dict, split: str, augment: bool | None = None, modalities=None,
-                        **overrides) -> WeldingDataset:
+                        store: bool | None = None, **overrides) -> WeldingDataset:
     """A ``WeldingDataset`` from a validated config.
 
     Manifest: ``overrides['manifest']`` or ``<results>/data/manifest.csv``. ``augment=None`` means
     ``train.use_augmentations`` on the TRAIN split and off elsewhere. Other ``overrides`` replace
-    preprocessing sizes (e.g. Late Fusion's ``audio_type="stft"``) or ``seed``.
+    preprocessing sizes (e.g. Late Fusion's ``audio_type="stft"``) or ``seed``. ``store=None``: read
+    the modalities the decoded-input store holds current files of (``inputs.store``; weldfilm/data/store.py),
+    decode the rest; ``False``: decode everything.
     """
     manifest = overrides.pop("manifest", Path(cfg["results"]) / "data" / "manifest.csv")
     if augment is None:
@@ -165,6 +184,9 @@ def dataset_from_config(cfg: dict, split: str, augment: bool | None = None, moda
         raise ConfigError(f"dataset_from_config: unknown override(s) {unknown}; known: {list(PREPROCESS_KEYS)}")
     sizes.update(overrides)
     data = cfg["data"]
-    return WeldingDataset(manifest, data["root"], split, modalities=modalities, augment=augment, seed=seed,
-                          allow_missing_images=data.get("allow_missing_images", False),
-                          exclude_runs=data.get("exclude_runs", ()), augment_params=cfg.get("augment"), **sizes)
+    dataset = WeldingDataset(manifest, data["root"], split, modalities=modalities, augment=augment, seed=seed,
+                             allow_missing_images=data.get("allow_missing_images", False),
+                             exclude_runs=data.get("exclude_runs", ()), augment_params=cfg.get("augment"), **sizes)
+    if store is not False:
+        dataset.store = open_store(cfg, dataset.split.lower(), dataset.modalities, dataset.sizes, dataset.sample_ids)
+    return dataset

@@ -50,16 +50,28 @@ def uniform_indices(num_available: int, num_wanted: int) -> np.ndarray:
 
 
 def rgb_float_into(bgr: np.ndarray, size: int, out: np.ndarray) -> None:
-    """Resize BGR uint8 ``(H, W, 3)`` to ``size`` and write it as RGB float32 in [0, 1] into ``out (3, S, S)``.
+    """Resize BGR uint8 ``(H, W, 3)`` to ``size`` and write it as RGB into ``out (3, S, S)``.
 
-    Same values as BGR->RGB, resize, ``/ 255`` (channel swap and resize commute); the division
-    writes straight into the output, without float intermediates.
+    A float32 ``out`` gets values in [0, 1]: the same values as BGR->RGB, resize, ``/ 255`` (channel
+    swap and resize commute); the division writes straight into the output, without float
+    intermediates. A uint8 ``out`` gets the resized RGB pixels themselves (the decoded-input store,
+    weldfilm/data/store.py), which ``uint8_to_float`` turns into exactly the float32 values.
     """
     import cv2
 
     resized = cv2.resize(bgr, (size, size))
     for channel in range(3):
-        np.divide(resized[:, :, 2 - channel], np.float32(255.0), out=out[channel], dtype=np.float32)
+        if out.dtype == np.uint8:
+            out[channel] = resized[:, :, 2 - channel]
+        else:
+            np.divide(resized[:, :, 2 - channel], np.float32(255.0), out=out[channel], dtype=np.float32)
+
+
+def uint8_to_float(pixels: np.ndarray) -> np.ndarray:
+    """RGB uint8 pixels (any shape) as float32 in [0, 1]: the division of ``rgb_float_into``, so bit-identical."""
+    out = np.empty(pixels.shape, dtype=np.float32)
+    np.divide(pixels, np.float32(255.0), out=out, dtype=np.float32)
+    return out
 
 
 def _count_frames(capture, declared: bool = True) -> int:
@@ -94,12 +106,13 @@ def _decode_frames(capture, wanted: np.ndarray, out: np.ndarray) -> int:
     return written
 
 
-def read_video(run_id: str, path, num_frames: int = 32, frame_size: int = 64) -> np.ndarray:
+def read_video(run_id: str, path, num_frames: int = 32, frame_size: int = 64, dtype=np.float32) -> np.ndarray:
     """Uniformly sampled RGB frames ``(num_frames, 3, frame_size, frame_size)`` in [0, 1].
 
     Frames between the sampled ones are grabbed (demuxed) but not converted or resized. When the
     container declares more frames than the stream holds, the real frames are counted and sampled
     again. A video shorter than ``num_frames`` is padded at the end with black frames.
+    ``dtype=np.uint8``: the resized RGB pixels (0-255) instead (``uint8_to_float`` gives the float32 frames).
     """
     import cv2
 
@@ -110,13 +123,13 @@ def read_video(run_id: str, path, num_frames: int = 32, frame_size: int = 64) ->
         if not capture.isOpened():
             raise data_error(run_id, path, "video cannot be opened by OpenCV (corrupt or unknown codec)",
                              "re-export it or list the run in data.exclude_runs")
-        video = np.zeros((num_frames, 3, frame_size, frame_size), dtype=np.float32)
+        video = np.zeros((num_frames, 3, frame_size, frame_size), dtype=dtype)
         wanted = uniform_indices(_count_frames(capture), num_frames)
         written = _decode_frames(capture, wanted, video)
         if written < len(wanted):
             capture.release()
             capture = cv2.VideoCapture(str(path))
-            video[:] = 0.0
+            video[:] = 0
             wanted = uniform_indices(_count_frames(capture, declared=False), num_frames)
             written = _decode_frames(capture, wanted, video)
     finally:
@@ -135,11 +148,12 @@ def list_images(folder) -> list[Path]:
 
 
 def read_images(run_id: str, folder, num_angles: int = 5, image_size: int = 224,
-                allow_missing: bool = False) -> tuple[np.ndarray, int]:
+                allow_missing: bool = False, dtype=np.float32) -> tuple[np.ndarray, int]:
     """Post-weld photos ``(num_angles, 3, image_size, image_size)`` in [0, 1] and the real image count.
 
     The first ``num_angles`` images by name are used; fewer are padded with zero images. A run
     without any image is an error unless ``allow_missing`` (then all zeros, count 0).
+    ``dtype=np.uint8``: the resized RGB pixels (0-255) instead (``uint8_to_float`` gives the float32 photos).
     """
     import cv2
 
@@ -148,7 +162,7 @@ def read_images(run_id: str, folder, num_angles: int = 5, image_size: int = 224,
     if not paths and not allow_missing:
         raise data_error(run_id, folder, "no post-weld image (*.jpg, *.jpeg, *.png)",
                          "set data.allow_missing_images: true to use such runs, or list it in data.exclude_runs")
-    images = np.zeros((num_angles, 3, image_size, image_size), dtype=np.float32)
+    images = np.zeros((num_angles, 3, image_size, image_size), dtype=dtype)
     for slot, path in enumerate(paths[:num_angles]):
         check_file(run_id, path, "image")
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)

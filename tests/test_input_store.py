@@ -1,0 +1,184 @@
+"""Decoded-input store (weldfilm/data/store.py): bit-identical to decoding, never read when stale, bad files
+stop the build with the reader's DataError, the workflow plans one `inputs` job per kind and split."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from weldfilm.config import run_config
+from weldfilm.data import store
+from weldfilm.data.dataset import dataset_from_config
+from weldfilm.errors import DataError
+from weldfilm.methods import make_loader
+
+MODALITIES = ("video", "post_weld_images", "audio", "sensor")
+
+
+@pytest.fixture
+def cfg(tiny_config):
+    from weldfilm.data.manifest import build_manifest
+
+    results = tiny_config["results"]
+    build_manifest(tiny_config["data"]["root"], f"{results}/data/manifest.csv", seed=0)
+    return tiny_config
+
+
+def build(cfg, split, arguments, threads=1):
+    """Build every kind of ``arguments`` (a method's dataset arguments) for ``split``; the specs."""
+    specs = []
+    for modality in arguments["modalities"]:
+        spec = store.kind_spec(cfg, modality, store.resolved_sizes(cfg, arguments))
+        store.build_input_kind(cfg, spec, split, store.store_file(cfg["results"], store.kind_name(spec), split), threads)
+        specs.append(spec)
+    return specs
+
+
+def items(dataset):
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def assert_bit_identical(stored: list[dict], decoded: list[dict]):
+    assert len(stored) == len(decoded)
+    for a, b in zip(stored, decoded):
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(a[key], torch.Tensor):
+                assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+                assert a[key].numpy().tobytes() == b[key].numpy().tobytes(), key
+            else:
+                assert a[key] == b[key], key
+
+
+# one dataset argument set per method (what each method opens its splits with)
+def method_arguments(cfg):
+    return {"causal_film": {"modalities": MODALITIES},
+            "late_fusion_audio": store.late_fusion_arguments(cfg, "audio"),
+            "late_fusion_video": store.late_fusion_arguments(cfg, "video"),
+            "m3dm": store.m3dm_arguments(cfg),
+            "dinomaly": store.dinomaly_arguments(cfg)}
+
+
+@pytest.mark.parametrize("method", ["causal_film", "late_fusion_audio", "late_fusion_video", "m3dm", "dinomaly"])
+def test_store_reads_are_bit_identical_to_decoding(cfg, method):
+    arguments = method_arguments(cfg)[method]
+    build(cfg, "val", arguments)
+    sizes = {k: v for k, v in arguments.items() if k != "modalities"}
+    stored = dataset_from_config(cfg, "val", modalities=arguments["modalities"], **sizes)
+    decoded = dataset_from_config(cfg, "val", modalities=arguments["modalities"], store=False, **sizes)
+    assert set(stored.store) == set(arguments["modalities"]) and not decoded.store
+    assert_bit_identical(items(stored), items(decoded))
+
+
+def test_augmented_train_from_the_store_is_bit_identical(cfg):
+    cfg = copy.deepcopy(cfg)
+    cfg["train"]["use_augmentations"] = True
+    build(cfg, "train", {"modalities": MODALITIES})
+    stored = dataset_from_config(cfg, "train", modalities=MODALITIES)
+    decoded = dataset_from_config(cfg, "train", modalities=MODALITIES, store=False)
+    assert stored.augment and set(stored.store) == set(MODALITIES)
+    for epoch in (0, 3):
+        stored.set_epoch(epoch)
+        decoded.set_epoch(epoch)
+        assert_bit_identical(items(stored), items(decoded))
+
+
+def test_a_stale_or_foreign_store_is_never_read(cfg, caplog):
+    (spec,) = build(cfg, "test", {"modalities": ("sensor",)})
+    path = store.store_file(cfg["results"], store.kind_name(spec), "test")
+    assert dataset_from_config(cfg, "test", modalities=("sensor",)).store
+    sidecar = store.sidecar_file(path)
+    original = json.loads(sidecar.read_text())
+
+    # other runs (the manifest changed): decoded, and said in the log
+    sidecar.write_text(json.dumps({**original, "sample_ids": original["sample_ids"][::-1]}))
+    with caplog.at_level("WARNING"):
+        assert not dataset_from_config(cfg, "test", modalities=("sensor",)).store
+    assert "stale" in caplog.text and "runs are not the split's runs" in caplog.text
+    # another key (e.g. the data it came from changed)
+    sidecar.write_text(json.dumps({**original, "key": "0" * 20}))
+    assert not dataset_from_config(cfg, "test", modalities=("sensor",)).store
+    # a data file that is not the one the sidecar describes (a rebuild killed before its sidecar)
+    sidecar.write_text(json.dumps(original))
+    np.save(path, np.zeros((len(original["sample_ids"]), 32, 6), dtype=np.float32))
+    assert not dataset_from_config(cfg, "test", modalities=("sensor",)).store
+    # other data settings: another kind name, so the file is not even looked at
+    other = copy.deepcopy(cfg)
+    other["synthetic"]["seed"] = 1
+    assert store.kind_name(store.kind_spec(other, "sensor", store.resolved_sizes(other, {}))) != store.kind_name(spec)
+    assert not dataset_from_config(other, "test", modalities=("sensor",)).store
+    # the store switched off: nothing is read
+    sidecar.write_text(json.dumps(original))
+    store.build_input_kind(cfg, spec, "test", path)
+    assert dataset_from_config(cfg, "test", modalities=("sensor",)).store
+    assert not dataset_from_config({**cfg, "inputs": {"store": False}}, "test", modalities=("sensor",)).store
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_corrupt_file_stops_the_build_with_the_run_and_file(cfg, tmp_path, threads):
+    root = tmp_path / "data"
+    shutil.copytree(cfg["data"]["root"], root)
+    dataset = dataset_from_config(cfg, "val", modalities=("video",))
+    run = dataset.runs[1]
+    avi = run.files(root)["avi"]
+    avi.write_bytes(b"not a video at all" * 10)
+    broken = copy.deepcopy(cfg)
+    broken["data"]["root"] = str(root)
+    spec = store.kind_spec(broken, "video", store.resolved_sizes(broken, {}))
+    out = store.store_file(broken["results"], store.kind_name(spec), "val")
+    with pytest.raises(DataError) as info:
+        store.build_input_kind(broken, spec, "val", out, threads=threads)
+    message = str(info.value)
+    assert run.subdir in message and str(avi) in message and "Traceback" not in message
+    assert not out.exists() and not store.sidecar_file(out).exists()
+
+
+def test_dataloader_workers_read_the_store(cfg):
+    build(cfg, "val", {"modalities": MODALITIES}, threads=2)
+    stored = dataset_from_config(cfg, "val", modalities=MODALITIES)
+    decoded = dataset_from_config(cfg, "val", modalities=MODALITIES, store=False)
+    for workers in (0, 2):
+        batches = list(make_loader(stored, 3, shuffle=False, num_workers=workers))
+        expected = list(make_loader(decoded, 3, shuffle=False, num_workers=0))
+        for a, b in zip(batches, expected):
+            for key in MODALITIES:
+                assert torch.equal(a[key], b[key]), (workers, key)
+
+
+def test_num_workers_auto_is_the_jobs_threads_minus_one(monkeypatch):
+    from weldfilm.methods import resolve_num_workers
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert resolve_num_workers("auto") == 7 and resolve_num_workers(3) == 3
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert resolve_num_workers("auto") == 0
+
+
+def test_each_run_reads_what_its_method_opens(cfg):
+    """run_input_kinds follows the methods' own dataset arguments: Causal-FiLM reads its augmented TRAIN
+    directly and the rest through the feature cache; the baselines every split."""
+    names = lambda kinds: {s: sorted(store.kind_name(k) for k in v) for s, v in kinds.items()}  # noqa: E731
+    fair = run_config(cfg, "causal_film", 0, "fair")
+    faithful = run_config(cfg, "causal_film", 0, "paper_faithful")
+    assert store.run_input_kinds(fair) == {} and set(store.feature_input_kinds(fair)) == {"train", "val", "test"}
+    assert set(store.run_input_kinds(faithful)) == {"train"} and set(store.feature_input_kinds(faithful)) == {"val", "test"}
+    assert len(store.run_input_kinds(faithful)["train"]) == 4
+    late = names(store.run_input_kinds(run_config(cfg, "late_fusion", 0, "fair")))
+    assert set(late) == {"train", "val", "test"} and [n.split("_")[0] for n in late["train"]] == ["stft", "video"]
+    from weldfilm.baselines.dinomaly import DinomalyMethod
+    from weldfilm.baselines.late_fusion import LateFusionMethod
+    from weldfilm.baselines.m3dm import M3DMMethod
+
+    for cls, method in ((DinomalyMethod, "dinomaly"), (M3DMMethod, "m3dm")):
+        run = run_config(cfg, method, 0, "fair")
+        assert [cls.input_overrides(type("M", (), {"cfg": run, "params": run.get(method), "modalities": cls.modalities,
+                                                   "section": run.get(method)})())] == store.method_dataset_arguments(run)
+    run = run_config(cfg, "late_fusion", 0, "fair")
+    holder = type("M", (), {"cfg": run, "section": run["late_fusion"]})()
+    assert [LateFusionMethod.input_overrides(holder, b) for b in ("audio", "video")] == store.method_dataset_arguments(run)
+    assert store.store_enabled(cfg) and store.run_input_kinds({**run, "inputs": {"store": False}}) == {}
