@@ -18,6 +18,7 @@ from weldfilm.features import (CAUSAL_FILM_MODALITIES, FeatureDataset, build_fea
                                cache_key, default_feature_dir, feature_loader)
 from weldfilm.methods import Method, make_loader, normal_only_indices, scores_frame
 from weldfilm.training import load_selected_weights, score_loader, seed_everything
+from weldfilm.training.trainer import fit_members
 
 
 class ExtractingLoader:
@@ -135,19 +136,42 @@ class CausalFiLMMethod(Method):
 
     # ------------------------------------------------------------------------------ contract
     def fit(self, resume: bool = False) -> dict:
-        self._selected = None
-        train = self.split_data("train")
+        return self.fit_together([self], [resume])[0]
+
+    @classmethod
+    def fit_together(cls, methods: list["CausalFiLMMethod"], resumes: list[bool]) -> list[dict]:
+        """Fit runs with one TRAIN stream (``weldfilm.run_keys.train_stream_key``) in lockstep: the first
+        run's loader makes each batch once (one ``FrozenBackbones.extract`` per batch when TRAIN is not
+        cached) and every run's head trains on it, each exactly as alone (``weldfilm.training.fit_members``).
+        The other runs share the first one's backbones and TRAIN data; each keeps its VAL selection.
+        Returns each run's fit summary, in order."""
+        lead = methods[0]
+        train = lead.split_data("train")
         keep = normal_only_indices(train.labels, train.sample_ids)
-        self.notes.append(f"training subset: {len(keep)} of {len(train)} TRAIN samples are normal (spec 8.3 heuristic)")
-        selection = self.selection_split
-        val_loader = self.loader_of(self.split_data(selection), train=False) if selection else None
-        seed_everything(self.seed)
-        head = self.build_head()
-        result = self.trainer().fit(head, self.loader_of(train, train=True, indices=keep), val_loader,
-                                    resume=resume, select_on="auroc")
-        self.notes.extend(result.notes)
-        self.head_description = head.describe()
-        return {**result.to_dict(), "train_samples": len(keep), "head": self.head_description}
+        loader = lead.loader_of(train, train=True, indices=keep)
+        members = []
+        for method, resume in zip(methods, resumes):
+            if method is not lead:
+                method.feature_source["train"] = lead.feature_source["train"]
+                if not lead.uses_cache("train"):
+                    method._backbones = lead._backbones  # the frozen backbones of the one live pass
+            method._selected = None
+            method.notes.append(f"training subset: {len(keep)} of {len(train)} TRAIN samples are normal "
+                                "(spec 8.3 heuristic)")
+            selection = method.selection_split
+            val_loader = method.loader_of(method.split_data(selection), train=False) if selection else None
+            seed_everything(method.seed)
+            head = method.build_head()
+            members.append(method.trainer().member(head, loader, val_loader, resume=resume, select_on="auroc"))
+        if len(methods) > 1:
+            print(f"Causal-FiLM: {len(methods)} runs trained in lockstep on one TRAIN stream "
+                  f"({lead.feature_source.get('train', 'TRAIN')}): " + ", ".join(str(m.run_dir) for m in methods))
+        summaries = []
+        for method, member, result in zip(methods, members, fit_members(members, loader)):
+            method.notes.extend(result.notes)
+            method.head_description = member.head.describe()
+            summaries.append({**result.to_dict(), "train_samples": len(keep), "head": method.head_description})
+        return summaries
 
     def selected_head(self):
         """The head with the run's selected weights (``best.pt``), loaded once after each fit."""

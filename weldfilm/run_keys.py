@@ -11,6 +11,9 @@ What reaches a run through files (synthetic data, backbone weights, the manifest
 job; Snakemake follows those by modification time, not through this hash. The resume check of a
 re-run job must not miss them, though (a finished run keeps its ``last.pt``): ``run_resume_hash`` adds
 a synthetic dataset's generator settings, which regenerate files of the same names.
+
+``train_stream_key(run_cfg)`` says which runs see the same TRAIN batches (one job per method and seed
+trains those in lockstep, ``weldfilm.runner.train_group``).
 """
 
 from __future__ import annotations
@@ -82,3 +85,45 @@ def run_resume_hash(run_cfg: dict) -> str:
         return run_shape_hash(run_cfg)
     synthetic = {k: v for k, v in (run_cfg.get("synthetic") or {}).items() if k != "workers"}
     return stable_hash({"shape": run_shape(run_cfg), "synthetic": synthetic})
+
+
+# -------------------------------------------------------------------------------- TRAIN streams
+# What a Causal-FiLM run's TRAIN batches are made of when its backbones run live (no TRAIN cache):
+# the inputs (data, preprocessing, augmentation), the frozen backbones and how they run.
+LIVE_STREAM_KEYS = ("data", "preprocess", "augment", "backbones.source", "backbones.tiny_seed", "backbones.tiny_size",
+                    "backbones.video", "backbones.audio", "backbones.image", "backbones.clip",
+                    "causal_film.result_layers", "train.use_augmentations", "train.backbone_precision",
+                    "train.allow_tf32", "train.device")
+# What orders and groups them, whatever their source: the shuffling seed, the batch size, the loader.
+ORDER_KEYS = ("run.seed", "train.batch_size", "train.num_workers")
+
+
+def _pick(run_cfg: dict, paths) -> dict:
+    out = {}
+    for path in paths:
+        section, _, key = path.partition(".")
+        value = run_cfg.get(section)
+        out[path] = value.get(key) if key and isinstance(value, dict) else value
+    return out
+
+
+def train_stream_key(run_cfg: dict) -> str | None:
+    """Key of the TRAIN batches a run trains on; runs with equal keys see bit-identical batches in the
+    same order, so one job may train them in lockstep on one frozen-backbone pass per batch
+    (``weldfilm.runner.train_group``). None: the method's runs are fitted one after another.
+
+    Causal-FiLM: the feature cache's folder key when TRAIN is read from the cache (``cached_splits``),
+    else the settings that make the augmented or plain inputs and the backbones' outputs; plus the
+    shuffling seed, batch size and loader. The training subset (normal-only, spec 8.3) follows from the data.
+    """
+    if run_cfg["run"]["method"] != "causal_film":
+        return None
+    from weldfilm.feature_keys import cached_splits, feature_dir_key
+
+    if "train" in cached_splits(run_cfg):
+        source = {"cache": feature_dir_key(run_cfg)}
+    else:
+        source = {"live": _pick(run_cfg, LIVE_STREAM_KEYS)}
+        if (run_cfg.get("data") or {}).get("source") == "synthetic":
+            source["synthetic"] = {k: v for k, v in (run_cfg.get("synthetic") or {}).items() if k != "workers"}
+    return stable_hash({"source": source, "order": _pick(run_cfg, ORDER_KEYS)})

@@ -1,13 +1,7 @@
 # Ablations: Causal-FiLM with one config change each, under the fair protocol, once per seed.
-# The same rules as the main runs; only the run folder (ablations/<ablation>/seed<seed>) differs.
-
-
-use rule train as train_ablation with:
-    output:
-        metadata=os.path.join(ABLATION_DIR, "metadata.json"),
-        **(eval_outputs(ABLATION_DIR) if EVALUATE_IN_TRAIN_JOB else {}),
-    log:
-        log_path("train_ablation", "{ablation}", "seed{seed}"),
+# They are trained by the train_causal_film job of their seed (methods.smk, common.smk group_runs);
+# scored as jobs of their own only without workflow.evaluate_in_train_job. Only the run folder
+# (ablations/<ablation>/seed<seed>) differs from a main run.
 
 
 if not EVALUATE_IN_TRAIN_JOB:

@@ -159,6 +159,78 @@ def train_inputs(wildcards):
     return {"manifest": MANIFEST, "validation": VALIDATION, "backbones": backbones, "features": feature_files(wildcards)}
 
 
+# ---------------------------------------------------------------- train jobs: one per method and seed
+# A train job (train_<method> in workflow/rules/methods.smk) trains every run of its method and seed,
+# the protocols' runs and, for Causal-FiLM, the ablations (weldfilm.runner.train_group; runs on one
+# TRAIN stream in lockstep, one frozen-backbone pass per batch).
+TRAIN_METHODS = list(dict.fromkeys(METHODS + ([ABLATION_METHOD] if ABLATIONS else [])))
+
+
+class RunWildcards(dict):
+    """The wildcards one run's train/evaluate job would have, so that the per-run helpers above
+    (train_inputs, feature_files, run_dir, run_config_hash) serve each run of a train job."""
+
+    __getattr__ = dict.__getitem__
+
+
+def group_runs(method, seed="{seed}"):
+    """RunWildcards of every run a train_<method> job trains (``seed`` may stay the pattern)."""
+    runs = [RunWildcards(protocol=p, method=method, seed=seed) for p in PROTOCOLS if method in METHODS]
+    if method == ABLATION_METHOD:
+        runs += [RunWildcards(ablation=a, seed=seed) for a in ABLATIONS]
+    return runs
+
+
+def group_outputs(method):
+    """metadata.json (and, scoring in the train job, the eval files) of every run of the job."""
+    out = []
+    for run in group_runs(method):
+        pattern = run_dir(run)
+        out.append(os.path.join(pattern, "metadata.json"))
+        if EVALUATE_IN_TRAIN_JOB:
+            out += list(eval_outputs(pattern).values())
+    return out
+
+
+def group_inputs(method):
+    """Input function of train_<method>: the union over its runs of what train_inputs gives each run."""
+
+    def inputs(wildcards):
+        union = {}
+        for run in group_runs(method, wildcards.seed):
+            for key, value in train_inputs(run).items():
+                union.setdefault(key, [])
+                union[key] += [value] if isinstance(value, str) else list(value)
+        return {key: list(dict.fromkeys(values)) for key, values in union.items()}
+
+    return inputs
+
+
+def group_members(method):
+    """Param of train_<method>: each run's settings, folder, feature folder and inputs (train_inputs)."""
+
+    def members(wildcards):
+        out = []
+        for run in group_runs(method, wildcards.seed):
+            features = feature_files(run)
+            out.append({"settings": run_settings(run), "run_dir": run_dir(run),
+                        "feature_dir": os.path.dirname(features[0]) if features else None,
+                        "inputs": train_inputs(run)})
+        return out
+
+    return members
+
+
+def group_config_hash(method):
+    """Param of train_<method>: hash over its runs' run_shape_hash, so changing one run re-runs the job
+    (inside it, the other runs resume from their finished last.pt and are only re-scored)."""
+
+    def config_hash(wildcards):
+        return stable_hash([run_config_hash(run) for run in group_runs(method, wildcards.seed)])
+
+    return config_hash
+
+
 def evaluate_inputs(wildcards):
     """The trained run (its metadata.json is written last) and the features it scores."""
     return {"metadata": os.path.join(run_dir(wildcards), "metadata.json"), "features": feature_files(wildcards)}

@@ -1,4 +1,4 @@
-# Feature cache, then train + evaluate each method x seed x protocol (the GPU rules).
+# Feature cache, then train (one job per method x seed) + evaluate each run (the GPU rules).
 
 
 rule features:
@@ -25,30 +25,36 @@ rule features:
         "../../scripts/features.py"
 
 
-rule train:
-    """Train one method with one seed under one protocol; resumes from last.pt after a kill. With
-    workflow.evaluate_in_train_job (default) the same job then scores the evaluated splits."""
-    input:
-        unpack(train_inputs),
-    output:
-        metadata=os.path.join(RUN_DIR, "metadata.json"),
-        **(eval_outputs(RUN_DIR) if EVALUATE_IN_TRAIN_JOB else {}),
-    params:
-        settings=run_settings,
-        run_dir=run_dir,
-        config_hash=run_config_hash,
-        eval_splits=EVAL_SPLITS if EVALUATE_IN_TRAIN_JOB else [],
-    log:
-        log_path("train", "{protocol}", "{method}", "seed{seed}"),
-    threads: GPU_JOB_THREADS
-    resources:
-        mem_mb=16000,
-        runtime=720,
-        gpu=GPU_PER_JOB,
-    conda:
-        "../../envs/gpu.yaml"
-    script:
-        "../../scripts/train.py"
+# One train job per method and seed (rule train_<method>): every protocol's run of the method and, for
+# Causal-FiLM, every ablation (common.smk group_runs). Runs on one TRAIN stream train in lockstep.
+for _method in TRAIN_METHODS:
+
+    rule:
+        """Train every run of one method and seed (its protocols; for causal_film also the ablations);
+        runs that read the same TRAIN batches share one frozen-backbone pass per batch; each run resumes
+        from its own last.pt after a kill. With workflow.evaluate_in_train_job (default) each run is then
+        scored on the evaluated splits in the same job."""
+        name:
+            f"train_{_method}"
+        input:
+            unpack(group_inputs(_method)),
+        output:
+            group_outputs(_method),
+        params:
+            members=group_members(_method),
+            config_hash=group_config_hash(_method),
+            eval_splits=EVAL_SPLITS if EVALUATE_IN_TRAIN_JOB else [],
+        log:
+            log_path("train", _method, "seed{seed}"),
+        threads: GPU_JOB_THREADS
+        resources:
+            mem_mb=16000,
+            runtime=720,
+            gpu=GPU_PER_JOB,
+        conda:
+            "../../envs/gpu.yaml"
+        script:
+            "../../scripts/train.py"
 
 
 if not EVALUATE_IN_TRAIN_JOB:  # scoring as jobs of their own
