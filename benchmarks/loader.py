@@ -8,6 +8,15 @@ absolute difference of every output.
     python benchmarks/loader.py [--data-root DIR] [--manifest CSV] [--split train] [--samples 16]
 
 Without ``--data-root`` a small synthetic dataset is generated in a temporary folder.
+
+``--store`` instead compares, per method's dataset (the arguments each method opens its splits with,
+weldfilm.data.store.method_dataset_arguments; Causal-FiLM with augmentation off and on), the samples/s
+of one loader worker (in-process ``dataset[i]``) decoding the files against reading the decoded-input
+store (weldfilm/data/store.py), at the default profile's sizes or, with ``--paper``, the paper
+profile's (Late Fusion's 192 kHz STFT 8193 x 1024, photos 5 x 224 / 448, 32 frames, ...). The first
+pass over the samples is not timed (page cache, librosa); the build rate of each kind is printed too.
+
+    python benchmarks/loader.py --store [--paper] [--samples 12] [--duration-s 12]
 """
 
 from __future__ import annotations
@@ -131,6 +140,104 @@ def measure(dataset: WeldingDataset, indices: list[int]) -> tuple[dict, dict]:
     return seconds, max_diff
 
 
+def rate(dataset, indices: list[int], passes: int = 2) -> float:
+    """Samples/s of one worker reading ``dataset[i]`` in-process (best of ``passes`` timed passes)."""
+    best = float("inf")
+    for _ in range(passes):
+        start = time.perf_counter()
+        for index in indices:
+            dataset[index]
+        best = min(best, time.perf_counter() - start)
+    return len(indices) / best
+
+
+def method_datasets(run_cfgs: dict) -> list[tuple[str, dict, dict, bool]]:
+    """``(label, run config, dataset arguments, augment)`` of every dataset the methods read on TRAIN."""
+    from weldfilm.data import store
+
+    rows = []
+    for method, run_cfg in run_cfgs.items():
+        for arguments in store.method_dataset_arguments(run_cfg, method):
+            label = method if method != "late_fusion" else f"late_fusion.{arguments['modalities'][0]}"
+            rows.append((label, run_cfg, arguments, False))
+            if method == "causal_film":  # the only method that augments (train.use_augmentations)
+                rows.append((label + " +aug", run_cfg, arguments, True))
+    return rows
+
+
+def store_rates(run_cfgs: dict, split: str = "train", samples: int | None = None, build: bool = True) -> list[dict]:
+    """Per method's dataset: samples/s of one worker decoding (``decode``) and reading the decoded-input
+    store (``store``), and each kind's build rate (``build``, runs/s of one worker). ``run_cfgs``: method ->
+    run config (weldfilm.config.run_config) whose manifest exists; missing store files are built first."""
+    from weldfilm.data import store
+    from weldfilm.data.dataset import dataset_from_config
+
+    built = {}
+    rows = []
+    for label, run_cfg, arguments, augment in method_datasets(run_cfgs):
+        sizes = {k: v for k, v in arguments.items() if k != "modalities"}
+        kinds = [store.kind_spec(run_cfg, m, store.resolved_sizes(run_cfg, arguments)) for m in arguments["modalities"]]
+        for spec in kinds:
+            name = store.kind_name(spec)
+            path = store.store_file(run_cfg["results"], name, split)
+            if build and name not in built:
+                dataset_from_config(run_cfg, split, modalities=(spec["modality"],),
+                                    store=False, **spec["sizes"])[0]  # warm-up (librosa import, numba) untimed
+                start = time.perf_counter()
+                store.build_input_kind(run_cfg, spec, split, path, threads=1)
+                built[name] = (store.kind_label(spec), np.load(path, mmap_mode="r").shape[0] / (time.perf_counter() - start),
+                               path.stat().st_size / np.load(path, mmap_mode="r").shape[0])
+        cfg = {**run_cfg, "train": {**run_cfg["train"], "use_augmentations": augment}}
+        stored = dataset_from_config(cfg, split, augment=augment, modalities=arguments["modalities"], **sizes)
+        decoded = dataset_from_config(cfg, split, augment=augment, modalities=arguments["modalities"], store=False,
+                                      **sizes)
+        if set(stored.store) != set(arguments["modalities"]):
+            raise SystemExit(f"{label}: the store holds {sorted(stored.store)} of {arguments['modalities']}")
+        indices = list(range(min(samples or len(stored), len(stored))))
+        rate(decoded, indices, passes=1), rate(stored, indices, passes=1)  # warm-up: page cache, librosa, numba
+        decode, from_store = rate(decoded, indices), rate(stored, indices)
+        rows.append({"dataset": label, "kinds": [store.kind_label(k) for k in kinds], "decode": decode,
+                     "store": from_store, "speed_up": from_store / decode})
+    return rows + [{"build": label, "runs_per_s": runs_per_s, "bytes_per_run": size}
+                   for label, runs_per_s, size in built.values()]
+
+
+def store_main(args) -> int:
+    """``--store``: the decoding vs store table of every method's dataset (default or paper sizes)."""
+    import yaml
+
+    from weldfilm.config import DEFAULT_CONFIG, prepare, run_config
+    from weldfilm.data.manifest import build_manifest
+
+    with tempfile.TemporaryDirectory(prefix="weldfilm-bench-store-") as tmp:
+        root = Path(args.data_root) if args.data_root else Path(tmp) / "synthetic"
+        if not args.data_root:
+            from weldfilm.data.synthetic import generate
+
+            generate(root, seed=0, good_runs=max(4, args.samples), runs_per_class=1, duration_s=args.duration_s)
+        raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+        raw["profile"] = "paper" if args.paper else "default"
+        cfg = prepare(raw)
+        cfg = {**cfg, "results": str(Path(tmp) / "results"),
+               "data": {**cfg["data"], "source": "real", "root": str(root), "paper_manifest": None,
+                        "max_train_good_runs": None, "exclude_runs": []}}
+        (Path(tmp) / "results" / "data").mkdir(parents=True)
+        build_manifest(root, Path(tmp) / "results" / "data" / "manifest.csv", seed=0, max_train_good=args.samples)
+        run_cfgs = {m: run_config(cfg, m, 0, "fair") for m in ("causal_film", "late_fusion", "m3dm", "dinomaly")}
+        rows = store_rates(run_cfgs, "train", args.samples)
+    table = [r for r in rows if "dataset" in r]
+    print(f"loader samples/s of one worker, TRAIN, {'paper' if args.paper else 'default'} profile sizes, "
+          f"{len(table) and args.samples} runs of {args.duration_s:g} s")
+    print(f"{'dataset':<20}{'decode':>9}{'store':>10}{'speed-up':>10}  kinds")
+    for r in table:
+        print(f"{r['dataset']:<20}{r['decode']:>9.1f}{r['store']:>10.1f}{r['speed_up']:>9.1f}x  {', '.join(r['kinds'])}")
+    print(f"{'store build (1 worker)':<24}{'runs/s':>10}{'MB a run':>10}")
+    for r in rows:
+        if "build" in r:
+            print(f"{r['build']:<24}{r['runs_per_s']:>10.1f}{r['bytes_per_run'] / 1e6:>10.2f}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=None, help="default: generate a small synthetic dataset")
@@ -138,7 +245,11 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--duration-s", type=float, default=12.0, help="synthetic weld length when generating")
+    parser.add_argument("--store", action="store_true", help="decoding vs the decoded-input store, per method")
+    parser.add_argument("--paper", action="store_true", help="with --store: the paper profile's sizes")
     args = parser.parse_args(argv)
+    if args.store:
+        return store_main(args)
     from weldfilm.data.manifest import build_manifest
 
     with tempfile.TemporaryDirectory(prefix="weldfilm-bench-") as tmp:

@@ -182,3 +182,45 @@ def test_each_run_reads_what_its_method_opens(cfg):
     holder = type("M", (), {"cfg": run, "section": run["late_fusion"]})()
     assert [LateFusionMethod.input_overrides(holder, b) for b in ("audio", "video")] == store.method_dataset_arguments(run)
     assert store.store_enabled(cfg) and store.run_input_kinds({**run, "inputs": {"store": False}}) == {}
+
+
+def planned_inputs(output: str) -> set[tuple[str, str]]:
+    """(kind, split) of the `inputs` jobs a dry run would start."""
+    import re
+
+    jobs = set()
+    for block in output.split("rule inputs:")[1:]:
+        match = re.search(r"output: \S*?inputs/([^/]+)/(\w+)\.npy", block)
+        jobs.add((match.group(1), match.group(2)))
+    return jobs
+
+
+def test_the_workflow_builds_each_kind_once_and_a_preprocessing_change_adds_only_its_kind(tmp_path):
+    """A real run of the `inputs` jobs on tiny data (results below tmp_path), then dry runs: nothing left to
+    do; Dinomaly's resize changed -> the three jobs of its new photo kind and nothing else; the train
+    jobs list their runs' store files as inputs."""
+    from test_workflow import TINY_DATA, make_workdir, run_snakemake
+
+    from weldfilm.config import deep_merge
+
+    workdir = make_workdir(tmp_path, merge=TINY_DATA)
+    result = run_snakemake(workdir, "-n", "--until", "inputs")
+    assert result.returncode == 0, result.stdout[-3000:]
+    planned = planned_inputs(result.stdout)
+    labels = {kind.split("-")[0] for kind, _ in planned}
+    assert {split for _, split in planned} == {"train", "val", "test"} and len(planned) == 3 * len(labels)
+    assert {"video_8x64", "photos_5x224", "sensor_64x6", "photos_1x160", "photos_5x64"} <= labels
+    assert any(label.startswith("mel_") for label in labels) and any(label.startswith("stft_") for label in labels)
+    assert "gpu=" not in result.stdout.split("rule inputs:")[1].split("rule ")[0]  # a CPU job
+
+    result = run_snakemake(workdir, "--cores", "2", "--until", "inputs")
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert planned_inputs(run_snakemake(workdir, "-n", "--until", "inputs").stdout) == set()
+
+    make_workdir(tmp_path, merge=deep_merge(TINY_DATA, {"dinomaly": {"resize": 48}}))
+    result = run_snakemake(workdir, "-n", "--until", "inputs")
+    assert result.returncode == 0, result.stdout[-3000:]
+    new = planned_inputs(result.stdout)
+    assert {kind.split("-")[0] for kind, _ in new} == {"photos_5x48"} and len(new) == 3, result.stdout[-3000:]
+    result = run_snakemake(workdir, "-n", "--until", "train_dinomaly", "train_late_fusion")
+    assert "inputs/photos_5x48-" in result.stdout and "inputs/stft_" in result.stdout

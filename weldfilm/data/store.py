@@ -24,6 +24,7 @@ decodes FLAC, AVI or photos.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -169,12 +170,13 @@ def run_input_kinds(run_cfg: dict) -> dict[str, list[dict]]:
     return {split: list(kinds) for split in splits}
 
 
-def feature_input_kinds(run_cfg: dict) -> dict[str, list[dict]]:
-    """``{split: [kind specs]}`` the Causal-FiLM feature-cache builds of this run config read."""
+def feature_input_kinds(run_cfg: dict, splits=None) -> dict[str, list[dict]]:
+    """``{split: [kind specs]}`` the Causal-FiLM feature-cache builds of this run config read (``splits``:
+    default the ones it reads from the cache, ``weldfilm.feature_keys.cached_splits``)."""
     if not store_enabled(run_cfg) or run_cfg["run"]["method"] != "causal_film":
         return {}
     kinds = _kinds_of(run_cfg, method_dataset_arguments(run_cfg, "causal_film"))
-    return {split: list(kinds) for split in cached_splits(run_cfg)}
+    return {split: list(kinds) for split in (cached_splits(run_cfg) if splits is None else splits)}
 
 
 def store_files(results, kinds_by_split: dict[str, list[dict]]) -> list[str]:
@@ -264,6 +266,35 @@ def open_store(cfg: dict, split: str, modalities, sizes: dict, sample_ids: list[
 
 
 # ------------------------------------------------------------------------------ building
+# Memory of a build (see build_mem_mb): the main process (torch imported) and, per decoding worker, the
+# decode buffers of one run (the paper's STFT: 8.4 M samples at 192 kHz, 1024 x 16384 frames, a complex
+# rfft: ~0.4 GB) plus the rows in flight (2 prefetched per worker, 2 in the main process).
+BUILD_BASE_MB = 600
+BUILD_WORKER_MB = 500
+BUILD_MEMORY_MARGIN = 1.5
+
+
+def row_bytes(spec: dict) -> int:
+    """Bytes of one run's stored array of a kind."""
+    s, modality = spec["sizes"], spec["modality"]
+    if modality == "video":
+        return s["video_frames"] * 3 * s["frame_size"] ** 2
+    if modality == "post_weld_images":
+        return s["num_angles"] * 3 * s["image_size"] ** 2
+    if modality == "audio":
+        bins = s["n_fft"] // 2 + 1 if s["audio_type"] == "stft" else s["audio_mel_bins"]
+        return 4 * bins * s["audio_frames"]
+    return 4 * s["sensor_length"] * s["sensor_channels"]
+
+
+def build_mem_mb(spec: dict, threads: int) -> int:
+    """``mem_mb`` of the job that builds one kind's split with ``threads`` (= decoding workers; 1 = in-process)."""
+    workers = int(threads) if int(threads) > 1 else 1
+    rows = 2 * workers + 2
+    peak = BUILD_BASE_MB + BUILD_WORKER_MB * workers + rows * row_bytes(spec) / 2**20
+    return int(math.ceil(BUILD_MEMORY_MARGIN * peak / 100.0)) * 100
+
+
 def _identity(item):
     return item
 
@@ -290,12 +321,21 @@ class _StoredArrays:
         return item
 
 
+def config_for_kind(cfg: dict, spec: dict) -> dict:
+    """``cfg`` with the data settings of ``spec`` (a kind is built from its spec alone: its sizes and data
+    identity are everything the reader reads; ``cfg`` gives the results folder and so the manifest)."""
+    out = {**cfg, "data": {**cfg["data"], **spec["data"]}}
+    if "synthetic" in spec:
+        out["synthetic"] = {**cfg.get("synthetic", {}), **spec["synthetic"]}
+    return out
+
+
 def build_input_kind(cfg: dict, spec: dict, split: str, out_path, threads: int = 1) -> Path:
     """Decode every run of ``split`` for one kind and write ``out_path`` (.npy) and its sidecar, atomically.
 
-    ``cfg`` is a (run) config whose data settings are the spec's. Decoding runs in a torch DataLoader with
-    ``threads`` worker processes (in-process for 1); a bad file stops the build with the reader's DataError
-    (run, file, what to do). The sidecar is written after the data file is in place.
+    The data settings come from ``spec`` (``config_for_kind``), the manifest from ``cfg``'s results. Decoding
+    runs in a torch DataLoader with ``threads`` worker processes (in-process for 1); a bad file stops the
+    build with the reader's DataError (run, file, what to do). The sidecar is written after the data file.
     """
     import torch
 
@@ -308,10 +348,11 @@ def build_input_kind(cfg: dict, spec: dict, split: str, out_path, threads: int =
     if out_path.suffix != ".npy":
         raise ConfigError(f"input store path {out_path} must end in .npy")
     modality = spec["modality"]
+    cfg = config_for_kind(cfg, spec)
     expected = kind_spec(cfg, modality, {**resolved_sizes(cfg, {}), **spec["sizes"]})
     if expected != spec:
-        raise ConfigError(f"input store {out_path}: the config's data settings are not the kind's "
-                          f"({kind_name(expected)} vs {kind_name(spec)}); build it from the run config it came from")
+        raise ConfigError(f"input store {out_path}: the spec of {kind_name(spec)} is not one this version writes "
+                          f"({kind_name(expected)}); re-run the workflow so that it plans the kind afresh")
     dataset = dataset_from_config(cfg, split, augment=False, modalities=(modality,), store=False, **spec["sizes"])
     if len(dataset) == 0:
         raise ConfigError(f"split {split.upper()} has no run: nothing to store in {out_path}; check data.* and the manifest")

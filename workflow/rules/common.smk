@@ -10,6 +10,7 @@ from pathlib import Path
 
 from weldfilm import paper as paper_outputs
 from weldfilm.config import REPO_ROOT, method_audio_settings, run_config
+from weldfilm.data import store as input_store
 from weldfilm.feature_keys import cached_splits, feature_build_mem_mb, feature_dir_key
 from weldfilm.io import stable_hash
 from weldfilm.run_keys import method_backbones, run_shape_hash
@@ -153,10 +154,25 @@ def feature_files(wildcards):
     return expand(FEATURE_FILE, feature_key=key, split=cached_splits(cached_run_config(**settings))) if key else []
 
 
+def input_store_files(wildcards):
+    """The decoded-input store files (rule inputs, workflow/rules/inputs.smk) a run's own train/evaluate job
+    reads: weldfilm.data.store.run_input_kinds ([] with inputs.store off; Causal-FiLM: only the splits it
+    does not read from the feature cache)."""
+    return input_store.store_files(RESULTS, input_store.run_input_kinds(cached_run_config(**run_settings(wildcards))))
+
+
+def feature_store_files(wildcards):
+    """The decoded-input store files the feature-cache build of one split reads (rule features)."""
+    source = FEATURE_SOURCES[wildcards.feature_key]
+    cfg = cached_run_config("causal_film", SEEDS[0], source["protocol"], source["ablation"])
+    return input_store.store_files(RESULTS, input_store.feature_input_kinds(cfg, splits=[wildcards.split]))
+
+
 def train_inputs(wildcards):
-    """What a run reads: the validated manifest, its method's backbones and its cached features."""
+    """What a run reads: the validated manifest, its method's backbones, its cached features and its stored inputs."""
     backbones = [BACKBONE_DIRS[key] for key in method_backbones(run_settings(wildcards)["method"]) if key in BACKBONE_DIRS]
-    return {"manifest": MANIFEST, "validation": VALIDATION, "backbones": backbones, "features": feature_files(wildcards)}
+    return {"manifest": MANIFEST, "validation": VALIDATION, "backbones": backbones, "features": feature_files(wildcards),
+            "inputs": input_store_files(wildcards)}
 
 
 # ---------------------------------------------------------------- train jobs: one per method and seed
@@ -233,7 +249,8 @@ def group_config_hash(method):
 
 def evaluate_inputs(wildcards):
     """The trained run (its metadata.json is written last) and the features it scores."""
-    return {"metadata": os.path.join(run_dir(wildcards), "metadata.json"), "features": feature_files(wildcards)}
+    return {"metadata": os.path.join(run_dir(wildcards), "metadata.json"), "features": feature_files(wildcards),
+            "inputs": input_store_files(wildcards)}
 
 
 def eval_outputs(run_pattern):

@@ -7,6 +7,7 @@ rule features:
         manifest=MANIFEST,
         validation=VALIDATION,
         backbones=list(BACKBONE_DIRS.values()),
+        inputs=feature_store_files,  # decoded inputs of the split (rule inputs)
     output:
         features=FEATURE_FILE,
         sidecar=FEATURE_FILE.replace(".safetensors", ".json"),
