@@ -71,8 +71,8 @@ RUNS = {method: f"results/runs/fair/{method}/seed0/metadata.json" for method in 
 
 
 def planned_train_jobs(output: str) -> set[str]:
-    """Run folders of the train jobs a dry run would start."""
-    return set(re.findall(r"^\s*output: results/runs/fair/(\w+)/seed0/metadata\.json", output, re.MULTILINE))
+    """Methods of the train jobs (one per method and seed: rule train_<method>) a dry run would start."""
+    return set(re.findall(r"^rule train_(\w+):$", output, re.MULTILINE))
 
 
 def test_changing_one_methods_setting_leaves_the_other_methods_runs_untouched(tmp_path):

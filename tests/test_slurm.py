@@ -30,7 +30,8 @@ SLURM_SCRIPTS = REPO_ROOT / "tests" / "slurm"
 SLURM_DIR = Path(os.environ.get("WELDFILM_SLURM_DIR", "/tmp/weldfilm-slurm"))
 SLURM_PROFILE = REPO_ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
 LOCAL_RULES = {"all", "manifest", "dataset_card", "tables", "figures", "paper"}
-GPU_RULES = {"features", "train", "evaluate", "train_ablation", "evaluate_ablation"}
+# one train job per method and seed (train_causal_film also trains the ablations)
+GPU_RULES = {"features", "train_causal_film", "train_late_fusion", "evaluate", "evaluate_ablation"}
 # the default workflow at tiny sizes: every rule (both protocols, an ablation), two methods, one seed;
 # scoring as jobs of their own so that the evaluate rules go through SLURM too
 SMALL_RUN = {"merge": {**TINY_DATA, "train": {"epochs": 2}, "workflow": {"evaluate_in_train_job": False}},

@@ -3,7 +3,6 @@ part end to end on a tiny synthetic set, and (marker ``workflow``) the full defa
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -59,9 +58,11 @@ def expected_job_counts(cfg: dict) -> dict[str, int]:
     runs = len(cfg["methods"]) * len(cfg["seeds"]) * len(cfg["protocols"])
     ablation_runs = len(cfg["ablations"]) * len(cfg["seeds"])
     separate = 0 if cfg["workflow"]["evaluate_in_train_job"] else 1  # scoring jobs of their own
-    counts = {"manifest": 1, "validate": 1, "dataset_card": 1, "train": runs, "evaluate": runs * separate,
-              "train_ablation": ablation_runs, "evaluate_ablation": ablation_runs * separate,
-              "tables": 1, "figures": 1, "paper": 1, "all": 1}
+    counts = {"manifest": 1, "validate": 1, "dataset_card": 1, "evaluate": runs * separate,
+              "evaluate_ablation": ablation_runs * separate, "tables": 1, "figures": 1, "paper": 1, "all": 1}
+    # one train job per method and seed: its protocols' runs (Causal-FiLM's also trains the ablations)
+    for method in list(cfg["methods"]) + (["causal_film"] if cfg["ablations"] else []):
+        counts[f"train_{method}"] = len(cfg["seeds"])
     counts["synthesize"] = int(cfg["data"]["source"] == "synthetic")
     counts["tiny_backbones"] = int(cfg["backbones"]["source"] == "tiny")
     # Causal-FiLM runs read a feature cache per split; the default protocols and ablations share one
@@ -108,20 +109,19 @@ def test_missing_pretrained_backbones_stop_the_workflow(tmp_path):
 
 
 def test_resume_only_with_checkpoints_of_the_same_config(tmp_path):
-    spec = importlib.util.spec_from_file_location("train_resume", REPO_ROOT / "scripts" / "train_resume.py")
-    train_resume = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_resume)
+    from weldfilm.runner import resume_allowed
+
     run_dir = tmp_path / "run"
-    assert not train_resume.resume_allowed(run_dir, "aaa")  # first start: nothing to resume
+    assert not resume_allowed(run_dir, "aaa")  # first start: nothing to resume
     (run_dir / "checkpoints").mkdir()
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"x")
-    assert train_resume.resume_allowed(run_dir, "aaa")  # killed and restarted: resume
-    assert not train_resume.resume_allowed(run_dir, "bbb")  # config changed: start afresh
+    assert resume_allowed(run_dir, "aaa")  # killed and restarted: resume
+    assert not resume_allowed(run_dir, "bbb")  # config changed: start afresh
     assert (run_dir / "checkpoints.stale" / "last.pt").is_file()
     assert not (run_dir / "checkpoints").exists()
     (run_dir / "checkpoints").mkdir()
     (run_dir / "checkpoints" / "audio_last.pt").write_bytes(b"x")  # late fusion: one per branch
-    assert train_resume.resume_allowed(run_dir, "bbb")
+    assert resume_allowed(run_dir, "bbb")
 
 
 def test_data_part_end_to_end(tmp_path):
@@ -188,16 +188,23 @@ TINY_CAUSAL_FILM = {**TINY_DATA,
 CAUSAL_FILM_RUN = "results/runs/fair/causal_film/seed0"
 
 
+# the train job of Causal-FiLM seed 0 with three runs on one cached TRAIN stream (trained in lockstep):
+# fair, paper_faithful without its augmentation, and one ablation
+LOCKSTEP_GROUP = {"merge": {"protocols": {"paper_faithful": {"train.use_augmentations": False}}},
+                  "replace": {"ablations": {"no_film": {"causal_film.use_film": False}}}}
+
+
 def test_training_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
-    """SIGKILL of the whole workflow during training, then `--rerun-incomplete`: the run continues from
-    its last.pt (epoch count continues) and its scores equal those of a run that was never killed."""
+    """SIGKILL of the whole workflow during training, then `--rerun-incomplete`: each run of the train job
+    continues from its last.pt (epoch count continues) and its scores equal those of a run that was never killed."""
     import os
     import signal
     import time
 
     long_training = deep_merge(TINY_CAUSAL_FILM, {"train": {"epochs": 60, "early_stopping_patience": 0}})
+    long_training = deep_merge(long_training, LOCKSTEP_GROUP["merge"])
     target = f"{CAUSAL_FILM_RUN}/eval/test/scores.csv"
-    killed = make_workdir(tmp_path / "killed", merge=long_training)
+    killed = make_workdir(tmp_path / "killed", merge=long_training, replace=LOCKSTEP_GROUP["replace"])
     command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--cores", "2", target]
     process = subprocess.Popen(command, cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
@@ -212,11 +219,15 @@ def test_training_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp_pa
     assert run_snakemake(killed, "--unlock").returncode == 0
     rerun = run_snakemake(killed, "--cores", "2", "--rerun-incomplete", target)
     assert rerun.returncode == 0, rerun.stdout[-3000:]
-    log = (killed / "results" / "logs" / "train" / "fair" / "causal_film" / "seed0.log").read_text()
-    assert "resume=True" in log
-    epochs = [json.loads(line)["epoch"] for line in (killed / CAUSAL_FILM_RUN / "train_log.jsonl").open()]
-    assert epochs == sorted(set(epochs)) and len(epochs) == 60, "each epoch logged once, the count continued"
+    log = (killed / "results" / "logs" / "train" / "causal_film" / "seed0.log").read_text()
+    assert "resume=True" in log and "3 runs trained in lockstep" in log
+    runs = [CAUSAL_FILM_RUN, "results/runs/paper_faithful/causal_film/seed0", "results/ablations/no_film/seed0"]
+    for run in runs:
+        epochs = [json.loads(line)["epoch"] for line in (killed / run / "train_log.jsonl").open()]
+        assert epochs == sorted(set(epochs)) and len(epochs) == 60, "each epoch logged once, the count continued"
 
-    clean = make_workdir(tmp_path / "clean", merge=long_training)
+    clean = make_workdir(tmp_path / "clean", merge=long_training, replace=LOCKSTEP_GROUP["replace"])
     assert run_snakemake(clean, "--cores", "2", target).returncode == 0
-    assert (killed / target).read_text() == (clean / target).read_text()
+    for run in runs:
+        scores = f"{run}/eval/test/scores.csv"
+        assert (killed / scores).read_text() == (clean / scores).read_text(), run

@@ -40,9 +40,10 @@ METHOD_SECTIONS = {
 BACKBONE_SETTINGS = ("backbones.source", "backbones.tiny_seed", "backbones.tiny_size")
 
 # Sections no run reads: which runs exist and where they go (the workflow's bookkeeping), how the
-# synthetic data is generated (it reaches runs as files) and how the paper is rendered.
+# synthetic data is generated (it reaches runs as files), whether decoded inputs are stored (`inputs`: the
+# store is bit-identical to decoding) and how the paper is rendered.
 NOT_READ_BY_RUNS = ("profile", "profiles", "protocols", "ablations", "seeds", "methods", "results", "workflow",
-                    "synthetic", "paper")
+                    "synthetic", "inputs", "paper")
 
 
 def run_reads(method: str) -> tuple[str, ...]:

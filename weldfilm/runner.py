@@ -136,6 +136,7 @@ def train_group(cfg: dict, settings_list: list[dict], run_dirs, feature_dirs=Non
         key = train_stream_key(run_cfg)
         streams.setdefault(key if key is not None else ("alone", index), []).append(index)
     metadata = [None] * len(methods)
+    splits = list(eval_splits)
     for key, indices in streams.items():
         together = [methods[i] for i in indices]
         if len(indices) > 1 and hasattr(type(together[0]), "fit_together"):
@@ -148,12 +149,14 @@ def train_group(cfg: dict, settings_list: list[dict], run_dirs, feature_dirs=Non
         else:
             for i in indices:
                 metadata[i] = fit_run(methods[i], resume=resumes[i])
-    splits = list(eval_splits)
-    if splits:
-        from weldfilm.evaluation import evaluate_splits
+        if splits:
+            from weldfilm.evaluation import evaluate_splits
 
-        for method, run_dir in zip(methods, run_dirs):
-            evaluate_splits(run_dir, splits, {split: run_dir / "eval" / split for split in splits}, method=method)
+            for i in indices:
+                evaluate_splits(run_dirs[i], splits, {split: run_dirs[i] / "eval" / split for split in splits},
+                                method=methods[i])
+        for i in indices:
+            methods[i] = None  # one group's models held at a time (M3DM's banks are large)
     return metadata
 
 
