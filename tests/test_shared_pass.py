@@ -148,6 +148,22 @@ def test_killed_group_resumes_each_run_from_its_own_epoch(one_by_one, tmp_path, 
         assert_same_runs(trained(run_dir), one_by_one[str(member["ablation"])])
 
 
+def test_runs_on_one_cached_stream_train_together_exactly_as_one_by_one(tmp_path, tmp_path_factory, tiny_data_root):
+    """Without augmentation TRAIN comes from the feature cache: fair and an ablation share that stream."""
+    from weldfilm.config import run_config
+
+    members = MEMBERS[:2]
+    cfg = group_config(tmp_path, tiny_data_root, tmp_path_factory, use_augmentations=False, epochs=2)
+    assert len({train_stream_key(run_config(cfg, **m)) for m in members}) == 1
+    alone = run_dirs(tmp_path / "alone", members)
+    for member, run_dir in zip(members, alone):
+        train_group(cfg, [member], [run_dir], eval_splits=SPLITS)
+    metadata = train_group(cfg, members, run_dirs(tmp_path / "together", members), eval_splits=SPLITS)
+    assert metadata[0]["lockstep"] is not None and metadata[0]["describe"]["feature_source"]["train"].startswith("cache")
+    for run_dir, reference in zip(run_dirs(tmp_path / "together", members), alone):
+        assert_same_runs(trained(run_dir), trained(reference))
+
+
 # --------------------------------------------------------------------------------- the workflow
 def fake_results(workdir) -> None:
     """Every output of the default workflow as an empty file (folders for the tiny backbones and the data),
