@@ -5,7 +5,7 @@ A *kind* is one modality at one set of preprocessing sizes on one data set, e.g.
 the sensor. Its name is a readable label plus a hash of ``kind_spec`` (the modality, the sizes its
 reader uses and ``weldfilm.feature_keys.data_identity``: data root, manifest settings, exclusions,
 missing images, synthetic generator settings). One file per kind and split:
-``<results>/inputs/<kind>/<split>.npy`` (``store_file``), rows in manifest order, and a JSON sidecar
+``<results>/inputs/<kind>/<split>.npy`` (``store_file``, written row by row: ``RowFile``), rows in manifest order, and a JSON sidecar
 ``<split>.json`` (key, sample ids, ``num_images`` for photos, shape, dtype, the data file's size and
 mtime) written after the data file is in place.
 
@@ -266,12 +266,16 @@ def open_store(cfg: dict, split: str, modalities, sizes: dict, sample_ids: list[
 
 
 # ------------------------------------------------------------------------------ building
-# Memory of a build (see build_mem_mb): the main process (torch imported) and, per decoding worker, the
-# decode buffers of one run (the paper's STFT: 8.4 M samples at 192 kHz, 1024 x 16384 frames, a complex
-# rfft: ~0.4 GB) plus the rows in flight (2 prefetched per worker, 2 in the main process).
-BUILD_BASE_MB = 600
-BUILD_WORKER_MB = 500
-BUILD_MEMORY_MARGIN = 1.5
+# Memory of a build (build_mem_mb), measured 2026-12-02 (2-core CPU; peak RSS, getrusage, of build_input_kind
+# on synthetic runs whose FLACs were 45 s at 192 kHz): the main process with torch ~260-370 MB; decoding the
+# paper's STFT kind (8.4 M samples, 1024 x 16384 frames, complex rfft) adds ~320-430 MB in the process that
+# decodes (in-process: 788 MB peak for 6 runs, 795 MB for 28: rows are streamed to the file, so the split
+# size adds nothing; 2 workers: main 298 MB, largest worker 580 MB); photos and video add little. Rows in
+# flight: 2 prefetched per worker + 2 in the main process. (python benchmarks/store_memory.py 1 stft 8 / 40)
+BUILD_BASE_MB = 400
+BUILD_WORKER_MB = {"audio": 400}  # per decoding process; other modalities: BUILD_WORKER_MB_OTHER
+BUILD_WORKER_MB_OTHER = 100
+BUILD_MEMORY_MARGIN = 2.0
 
 
 def row_bytes(spec: dict) -> int:
@@ -291,12 +295,46 @@ def build_mem_mb(spec: dict, threads: int) -> int:
     """``mem_mb`` of the job that builds one kind's split with ``threads`` (= decoding workers; 1 = in-process)."""
     workers = int(threads) if int(threads) > 1 else 1
     rows = 2 * workers + 2
-    peak = BUILD_BASE_MB + BUILD_WORKER_MB * workers + rows * row_bytes(spec) / 2**20
+    per_worker = BUILD_WORKER_MB.get(spec["modality"], BUILD_WORKER_MB_OTHER)
+    peak = BUILD_BASE_MB + per_worker * workers + rows * row_bytes(spec) / 2**20
     return int(math.ceil(BUILD_MEMORY_MARGIN * peak / 100.0)) * 100
 
 
 def _identity(item):
     return item
+
+
+class RowFile:
+    """A ``.npy`` file of ``num_rows`` rows written row after row with plain file writes (the header from the
+    first row). Unlike a memory map (``npy_store.NpyWriter``, whose written pages stay in the process's
+    resident memory: 1.2 GB of RSS for a 1.2 GB file, measured), written pages stay in the page cache, so a
+    build's RSS does not grow with the split (the paper's STFT TRAIN split is ~19 GB)."""
+
+    def __init__(self, path, num_rows: int):
+        self.path, self.num_rows, self.rows = Path(path), num_rows, 0
+        self.handle = None
+        self.row_shape = self.dtype = None
+
+    def write(self, row: np.ndarray) -> None:
+        if self.handle is None:
+            self.row_shape, self.dtype = row.shape, row.dtype
+            self.handle = open(self.path, "wb")
+            header = {"descr": np.lib.format.dtype_to_descr(row.dtype), "fortran_order": False,
+                      "shape": (self.num_rows, *row.shape)}
+            np.lib.format.write_array_header_1_0(self.handle, header)
+        if row.shape != self.row_shape or row.dtype != self.dtype:
+            raise ConfigError(f"{self.path}: row {self.rows} is {row.shape} {row.dtype}, the first was "
+                              f"{self.row_shape} {self.dtype} (inputs of one kind must have one shape)")
+        self.handle.write(memoryview(np.ascontiguousarray(row)).cast("B"))
+        self.rows += 1
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+    def check_complete(self) -> None:
+        if self.rows != self.num_rows:
+            raise RuntimeError(f"{self.path}: {self.rows} of {self.num_rows} rows written")
 
 
 class _StoredArrays:
@@ -340,8 +378,7 @@ def build_input_kind(cfg: dict, spec: dict, split: str, out_path, threads: int =
     import torch
 
     from weldfilm.data.dataset import dataset_from_config
-    from weldfilm.io import write_json
-    from weldfilm.npy_store import NpyWriter
+    from weldfilm.io import atomic_path, write_json
     from weldfilm.training.progress import progress
 
     out_path = Path(out_path)
@@ -360,19 +397,19 @@ def build_input_kind(cfg: dict, spec: dict, split: str, out_path, threads: int =
     loader = torch.utils.data.DataLoader(_StoredArrays(dataset, modality), batch_size=None, shuffle=False,
                                          num_workers=workers, collate_fn=_identity)
     dtype = np.uint8 if modality in PIXEL_MODALITIES else np.float32
-    writer = NpyWriter({"data": out_path}, len(dataset), dtypes={"data": dtype}, what=f"input store {out_path}")
     num_images: list[int] = []
-    try:
-        for item in progress(loader, f"inputs {kind_name(spec)} {split.lower()}", total=len(dataset), unit="run"):
-            if "error" in item:
-                raise DataError(item["error"])
-            writer.write({"data": item["data"].numpy()[None]})
-            if "num_images" in item:
-                num_images.append(item["num_images"])
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+    with atomic_path(out_path) as tmp:  # moved into place only when every row is written
+        rows = RowFile(tmp, len(dataset))
+        try:
+            for item in progress(loader, f"inputs {kind_name(spec)} {split.lower()}", total=len(dataset), unit="run"):
+                if "error" in item:
+                    raise DataError(item["error"])
+                rows.write(item["data"].numpy().astype(dtype, copy=False))
+                if "num_images" in item:
+                    num_images.append(item["num_images"])
+        finally:
+            rows.close()
+        rows.check_complete()
     stat = out_path.stat()
     sidecar = {"format": FORMAT_VERSION, "key": kind_key(spec), "kind": kind_name(spec), "modality": modality,
                "split": split.lower(), "spec": spec, "sample_ids": dataset.sample_ids,
