@@ -224,3 +224,21 @@ def test_the_workflow_builds_each_kind_once_and_a_preprocessing_change_adds_only
     assert {kind.split("-")[0] for kind, _ in new} == {"photos_5x48"} and len(new) == 3, result.stdout[-3000:]
     result = run_snakemake(workdir, "-n", "--until", "train_dinomaly", "train_late_fusion")
     assert "inputs/photos_5x48-" in result.stdout and "inputs/stft_" in result.stdout
+
+
+def test_the_feature_cache_built_from_the_store_equals_the_one_built_from_the_files(tiny_config, tmp_path_factory,
+                                                                                   tiny_data_root, tmp_path):
+    """Causal-FiLM's feature-cache build reads the store (dataset_from_config attaches it): same bytes."""
+    from training_helpers import ready_config
+
+    from weldfilm.features import build_feature_cache
+
+    run = ready_config(tiny_config, tmp_path_factory, tiny_data_root)
+    decoded = build_feature_cache({**run, "inputs": {"store": False}}, "val", tmp_path / "decoded" / "val.safetensors")
+    for split, specs in store.feature_input_kinds(run).items():
+        if split == "val":
+            for spec in specs:
+                store.build_input_kind(run, spec, split, store.store_file(run["results"], store.kind_name(spec), split))
+    assert set(dataset_from_config(run, "val", modalities=MODALITIES).store) == set(MODALITIES)
+    stored = build_feature_cache(run, "val", tmp_path / "stored" / "val.safetensors")
+    assert stored.read_bytes() == decoded.read_bytes()
