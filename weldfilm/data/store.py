@@ -154,6 +154,11 @@ def _kinds_of(cfg: dict, argument_sets: list[dict]) -> list[dict]:
     return specs
 
 
+def method_kinds(run_cfg: dict, method: str | None = None) -> list[dict]:
+    """Every kind spec the datasets of ``method`` (default: the run's) read, whatever the split."""
+    return _kinds_of(run_cfg, method_dataset_arguments(run_cfg, method))
+
+
 def run_input_kinds(run_cfg: dict) -> dict[str, list[dict]]:
     """``{split: [kind specs]}`` the run's own job (train / evaluate) reads from the store.
 
