@@ -68,6 +68,14 @@ def expected_job_counts(cfg: dict) -> dict[str, int]:
     # Causal-FiLM runs read a feature cache per split; the default protocols and ablations share one
     uses_cache = cfg["train"]["feature_cache"] and ("causal_film" in cfg["methods"] or cfg["ablations"])
     counts["features"] = 3 if uses_cache else 0
+    # the decoded-input store: every kind (modality x sizes) some run or its feature cache reads, once per split
+    if cfg["inputs"]["store"]:
+        from weldfilm.config import run_config
+        from weldfilm.data import store
+
+        runs = [run_config(cfg, m, s, p) for m in cfg["methods"] for s in cfg["seeds"] for p in cfg["protocols"]]
+        runs += [run_config(cfg, "causal_film", s, "fair", a) for a in cfg["ablations"] for s in cfg["seeds"]]
+        counts["inputs"] = 3 * len({store.kind_name(spec) for run in runs for spec in store.method_kinds(run)})
     return {rule: n for rule, n in counts.items() if n}
 
 

@@ -168,6 +168,22 @@ def feature_store_files(wildcards):
     return input_store.store_files(RESULTS, input_store.feature_input_kinds(cfg, splits=[wildcards.split]))
 
 
+def input_kinds():
+    """kind name -> spec: every kind some run, or the feature-cache build of its config, reads (rule inputs).
+    The spec (sizes + data settings) is all a build needs, so the job depends on nothing else of the config."""
+    kinds = {}
+    for settings in all_run_settings():
+        cfg = cached_run_config(**settings)
+        for by_split in (input_store.run_input_kinds(cfg), input_store.feature_input_kinds(cfg, splits=SPLITS)):
+            for spec in (spec for specs in by_split.values() for spec in specs):
+                kinds.setdefault(input_store.kind_name(spec), spec)
+    return kinds
+
+
+INPUT_KINDS = input_kinds()
+INPUT_FILE = str(input_store.store_file(RESULTS, "{kind}", "{split}"))
+
+
 def train_inputs(wildcards):
     """What a run reads: the validated manifest, its method's backbones, its cached features and its stored inputs."""
     backbones = [BACKBONE_DIRS[key] for key in method_backbones(run_settings(wildcards)["method"]) if key in BACKBONE_DIRS]

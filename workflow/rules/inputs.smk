@@ -1,22 +1,7 @@
 # Decoded-input store: each split's decoded, resized inputs of each kind (one modality at one method's
 # preprocessing sizes), written once by a CPU job and read memory-mapped by the feature-cache builds and
 # the train/evaluate jobs (weldfilm/data/store.py), so that no GPU job decodes FLAC, AVI or photos.
-
-
-def _input_kinds():
-    """kind name -> spec: every kind some run, or the feature-cache build of its config, reads. The spec
-    (sizes + data settings) is all a build needs, so the job depends on nothing else of the config."""
-    kinds = {}
-    for settings in all_run_settings():
-        cfg = cached_run_config(**settings)
-        for by_split in (input_store.run_input_kinds(cfg), input_store.feature_input_kinds(cfg, splits=SPLITS)):
-            for spec in (spec for specs in by_split.values() for spec in specs):
-                kinds.setdefault(input_store.kind_name(spec), spec)
-    return kinds
-
-
-INPUT_KINDS = _input_kinds()
-INPUT_FILE = str(input_store.store_file(RESULTS, "{kind}", "{split}"))
+# The kinds: INPUT_KINDS (workflow/rules/common.smk, from every run's config).
 
 
 rule inputs:
