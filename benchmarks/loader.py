@@ -227,7 +227,7 @@ def store_main(args) -> int:
         rows = store_rates(run_cfgs, "train", args.samples)
     table = [r for r in rows if "dataset" in r]
     print(f"loader samples/s of one worker, TRAIN, {'paper' if args.paper else 'default'} profile sizes, "
-          f"{len(table) and args.samples} runs of {args.duration_s:g} s")
+          f"{args.samples} synthetic TRAIN runs of {args.duration_s:g} s")
     print(f"{'dataset':<20}{'decode':>9}{'store':>10}{'speed-up':>10}  kinds")
     for r in table:
         print(f"{r['dataset']:<20}{r['decode']:>9.1f}{r['store']:>10.1f}{r['speed_up']:>9.1f}x  {', '.join(r['kinds'])}")
