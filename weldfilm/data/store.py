@@ -263,6 +263,9 @@ def open_store(cfg: dict, split: str, modalities, sizes: dict, sample_ids: list[
         reason = stale_reason(path, spec, sample_ids)
         if reason is None:
             out[modality] = StoredKind(path, _read_sidecar(path))
+            if ("read", str(path)) not in _warned:
+                _warned.add(("read", str(path)))
+                log.info("reading %s of %s from the decoded-input store %s", modality, split.upper(), path)
         elif reason != "missing" and str(path) not in _warned:
             _warned.add(str(path))
             log.warning("decoded-input store %s is stale (%s): decoding %s of %s from the files instead "
