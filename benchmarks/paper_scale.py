@@ -17,7 +17,9 @@ sum over jobs of each pass's time (compute + loading when the loader runs in the
 
     python benchmarks/paper_scale.py [--runs 2] [--json PATH] [--markdown docs/paper-scale.md]
                                      [--gpu-tflops 989] [--gpu-fp32-tflops 67] [--utilization 0.35]
-                                     [--baseline PATH]  # an earlier --json: before/after per stage
+                                     [--baseline PATH ...]  # earlier --json results: before/after
+    python benchmarks/paper_scale.py --from-json PATH [--set KEY=VALUE ...] [--per-run-jobs] [--label TEXT]
+                                     # re-project a stored measurement (another config or workflow state)
     python benchmarks/paper_scale.py --quick          # tiny backbones and sizes (the tests use it)
 """
 
@@ -52,6 +54,7 @@ PAPER_SPLITS = {"train": 576, "val": 1732, "test": 1732}
 H100_BF16_TFLOPS = 989.4
 H100_TF32_TFLOPS = 494.7
 H100_FP32_TFLOPS = 66.9
+TRAIN_RULE = "train_{method}"  # workflow/rules/methods.smk: one train job per method and seed
 CF_PROMPT_DEFAULT = "a normal weld"
 
 
@@ -209,13 +212,14 @@ def tensor_bytes(value) -> int:
 
 
 # ============================================================================================ part 2: measurement
-def load_benchmark_config(config_path, profile: str, quick: bool, root: Path) -> dict:
-    """The config as the workflow sees it (profile applied), data/results pointed at ``root``."""
-    from weldfilm.config import DEFAULT_CONFIG, load_yaml, prepare
+def load_benchmark_config(config_path, profile: str, quick: bool, root: Path, overrides=()) -> dict:
+    """The config as the workflow sees it (profile applied, ``--set`` overrides on top), data/results
+    pointed at ``root``."""
+    from weldfilm.config import DEFAULT_CONFIG, load_yaml, parse_set_args, prepare
 
     raw = load_yaml(Path(config_path or DEFAULT_CONFIG).read_text()) or {}
     raw["profile"] = "default" if quick else profile
-    cfg = prepare(raw)
+    cfg = prepare(raw, parse_set_args(overrides)) if overrides else prepare(raw)
     cfg["results"] = str(root)
     cfg["data"].update(root=str(root / "synthetic"), paper_manifest=None, exclude_runs=[])
     cfg["train"]["device"] = "cpu"
@@ -324,7 +328,44 @@ def loader_rate(dataset, runs: int) -> tuple[float, Timing]:
     return runs / t.wall_s, t
 
 
-def measure_loaders(cfg: dict, run_cfgs: dict, runs: int, m: Measured) -> None:
+def measure_input_store(cfg: dict, run_cfgs: dict, runs: int, m: Measured) -> None:
+    """Fill the decoded-input store for the measured runs (TRAIN), kind by kind, in one process: each
+    kind's decoding rate (samples/s of one worker: ``inputs.<kind label>``) and bytes per run."""
+    from weldfilm.data import store
+
+    kinds = {}
+    for method, r in run_cfgs.items():
+        for spec in store.method_kinds(r, method):
+            kinds.setdefault(store.kind_name(spec), (spec, r))
+    for name, (spec, r) in kinds.items():
+        path = store.store_file(cfg["results"], name, "train")
+        with timing() as t:
+            store.build_input_kind(r, spec, "train", path, threads=1)
+        label = store.kind_label(spec)
+        m.loader[f"inputs.{label}"] = runs / t.wall_s
+        m.sizes[f"store_bytes.{label}"] = path.stat().st_size / runs
+        log(f"input store {label}: {runs / t.wall_s:.2f} runs/s decoded, {path.stat().st_size / runs / 1e6:.2f} MB a run")
+    store_read_bytes(run_cfgs, m)
+
+
+def store_read_bytes(run_cfgs: dict, m: Measured) -> None:
+    """Bytes one sample reads from the store, per loader (what a disk that is not the page cache must deliver)."""
+    from weldfilm.data import store
+
+    readers = {"causal_film.aug_on": ("causal_film", None), "causal_film.aug_off": ("causal_film", None),
+               "late_fusion.audio": ("late_fusion", "audio"), "late_fusion.video": ("late_fusion", "video"),
+               "m3dm": ("m3dm", None), "dinomaly": ("dinomaly", None)}
+    for key, (method, branch) in readers.items():
+        r = run_cfgs[method]
+        specs = store.method_kinds(r, method)
+        if branch:  # one Late Fusion branch reads one of its method's kinds
+            specs = [spec for spec in specs if spec["modality"] == branch]
+        m.sizes[f"store_read_bytes.{key}"] = sum(m.sizes[f"store_bytes.{store.kind_label(spec)}"] for spec in specs)
+
+
+def measure_loaders(cfg: dict, run_cfgs: dict, runs: int, m: Measured, prefix: str = "") -> None:
+    """Samples/s of one worker for each method's datasets: decoding the files, or (``prefix`` 'store.',
+    after ``measure_input_store``) reading the decoded-input store."""
     from weldfilm.baselines.dinomaly import DinomalyMethod
     from weldfilm.baselines.late_fusion import LateFusionMethod
     from weldfilm.baselines.m3dm import M3DMMethod
@@ -334,10 +375,10 @@ def measure_loaders(cfg: dict, run_cfgs: dict, runs: int, m: Measured) -> None:
     cf = CausalFiLMMethod(run_cfgs["causal_film"], scratch / "cf", torch.device("cpu"))
     for augment in (False, True):
         data = cf.dataset("train", augment=augment)
-        m.loader[f"causal_film.aug_{'on' if augment else 'off'}"], _ = loader_rate(data, runs)
+        m.loader[f"{prefix}causal_film.aug_{'on' if augment else 'off'}"], _ = loader_rate(data, runs)
     import weldfilm.causal_film_method as cf_module
 
-    if hasattr(cf_module, "DecodedOnce"):  # train.cache_inputs: decoded once, augmented afresh every epoch
+    if hasattr(cf_module, "DecodedOnce") and not prefix:  # train.cache_inputs: decoded once, augmented afresh every epoch
         data = cf.dataset("train", augment=True)
         data.read_arrays = cf_module.DecodedOnce(data.read_arrays)
         for index in range(runs):
@@ -347,7 +388,7 @@ def measure_loaders(cfg: dict, run_cfgs: dict, runs: int, m: Measured) -> None:
     for branch in ("audio", "video"):
         dataset = lf._dataset("train", branch)
         dataset = getattr(dataset, "dataset", dataset)  # the decoding dataset under MemoryCachedDataset
-        m.loader[f"late_fusion.{branch}"], _ = loader_rate(dataset, runs)
+        m.loader[f"{prefix}late_fusion.{branch}"], _ = loader_rate(dataset, runs)
     m3 = M3DMMethod(run_cfgs["m3dm"], scratch / "m3", torch.device("cpu"))
     images = m3.dataset("train", modalities=("post_weld_images",), num_angles=1, image_size=m3.params["image_size"])
 
@@ -358,14 +399,15 @@ def measure_loaders(cfg: dict, run_cfgs: dict, runs: int, m: Measured) -> None:
         def __getitem__(self, index):
             return images[index], m3._cloud(images.sample_ids[index])
 
-    m.loader["m3dm"], _ = loader_rate(WithCloud(), runs)
+    m.loader[f"{prefix}m3dm"], _ = loader_rate(WithCloud(), runs)
     din = DinomalyMethod(run_cfgs["dinomaly"], scratch / "din", torch.device("cpu"))
     dataset = din._images("train") if hasattr(din, "_images") else din._loader("train").dataset
     while hasattr(dataset, "dataset"):  # the decoding WeldingDataset under Subset / MemoryCachedDataset
         dataset = dataset.dataset
-    m.loader["dinomaly"], _ = loader_rate(dataset, runs)
+    m.loader[f"{prefix}dinomaly"], _ = loader_rate(dataset, runs)
     for name, rate in m.loader.items():
-        log(f"loader {name}: {rate:.2f} samples/s (one worker)")
+        if name.startswith(prefix):
+            log(f"loader {name}: {rate:.2f} samples/s (one worker)")
 
 
 def measure_causal_film(cfg: dict, source: BackboneSource, cf_run_cfgs: list, runs: int, m: Measured) -> None:
@@ -641,7 +683,9 @@ def measure(cfg: dict, args) -> Measured:
                                                                          "dinomaly")}
     log(f"preprocessing: {pre['video_frames']} frames at {pre['frame_size']} px, {pre['num_angles']} photos at "
         f"{pre['image_size']} px, mel {pre['audio_mel_bins']}x{pre['audio_frames']}")
-    measure_loaders(cfg, run_cfgs, args.runs, m)
+    measure_loaders(cfg, run_cfgs, args.runs, m)  # decoding the files (no store file exists yet)
+    measure_input_store(cfg, run_cfgs, args.runs, m)
+    measure_loaders(cfg, run_cfgs, args.runs, m, prefix="store.")
     source = BackboneSource(cfg, "tiny" if args.quick else "paper")
     measure_causal_film(cfg, source, [r for _, r in all_runs(cfg) if r["run"]["method"] == "causal_film"],
                         args.runs, m)
@@ -711,6 +755,8 @@ class Job:
     workers: int
     peak_rss: float
     disk: dict = field(default_factory=dict)   # stage -> bytes
+    group: str | None = None                   # the workflow job it belongs to (one per method and seed)
+    gpu: bool = True                           # False: a CPU job (the input store) that never holds the GPU
 
 
 def selection_split(method_name: str, run_cfg: dict):
@@ -733,7 +779,48 @@ def workflow_splits(cfg: dict) -> list[str]:
     return list(cfg.get("workflow", {}).get("eval_splits", ["val", "test"]))
 
 
+SLURM_PROFILE = Path(__file__).resolve().parents[1] / "workflow" / "profiles" / "slurm" / "config.yaml"
+
+
+def slurm_threads(rule: str) -> int:
+    """The CPU cores the SLURM profile gives a rule's jobs (``set-threads``; 1 when it names none)."""
+    import yaml
+
+    profile = yaml.safe_load(SLURM_PROFILE.read_text()) or {}
+    return int((profile.get("set-threads") or {}).get(rule, 1))
+
+
+def loader_workers(run_cfg: dict, rule: str) -> int:
+    """DataLoader workers of a job: ``train.num_workers`` (``auto``: the job's threads minus one, the
+    threads being what the SLURM profile gives ``rule``)."""
+    chosen = run_cfg["train"].get("num_workers", 0)
+    if chosen == "auto":
+        return max(0, slurm_threads(rule) - 1)
+    return int(chosen)
+
+
+def train_rule(method: str) -> str:
+    """The workflow rule that trains ``method`` (one job per method and seed)."""
+    return TRAIN_RULE.format(method=method)
+
+
+def uses_store(run_cfg: dict) -> bool:
+    """Whether the run reads decoded inputs from the memory-mapped input store (``inputs.store``)."""
+    return bool((run_cfg.get("inputs") or {}).get("store", False))
+
+
+def loader_key(run_cfg: dict, decode_key: str) -> str:
+    """The measured loader a pass reads through: the decoding one, or its input-store twin."""
+    return f"store.{decode_key}" if uses_store(run_cfg) else decode_key
+
+
 def causal_film_jobs(cfg, runs, m: Measured, splits: dict, a) -> list[Job]:
+    """Causal-FiLM runs, their feature-cache builds and, with the input store, nothing decoded in a GPU job.
+
+    The runs of one seed form one workflow job; inside it the runs whose TRAIN stream is the same
+    (``weldfilm.run_keys.train_stream_key``: same augmented inputs, order and batches) share one
+    frozen-backbone pass and one load per batch, and each adds only its head's cost.
+    """
     from weldfilm.causal_film_method import CausalFiLMMethod
     from weldfilm.feature_keys import feature_dir_key
 
@@ -741,11 +828,11 @@ def causal_film_jobs(cfg, runs, m: Measured, splits: dict, a) -> list[Job]:
     cache_per_sample = sum(m.backbones[n]["cache_mb_per_sample"] for n in ("vjepa2", "ast", "dinov3")) * 1e6 + \
         m.sizes["cf_cache_bytes_per_sample_extra"]
     bb_bytes = sum(m.backbones[n]["param_bytes"] for n in ("vjepa2", "ast", "dinov3", "clip"))
-    jobs, keys = [], {}
+    jobs, keys, streams = [], {}, set()
     for settings, r in runs:
         if settings["method"] != "causal_film":
             continue
-        workers = r["train"].get("num_workers", 0)
+        workers = loader_workers(r, train_rule("causal_film"))
         method = CausalFiLMMethod(r, Path(r["results"]) / "scratch" / "cfj", torch.device("cpu"))
         if r["train"].get("feature_cache", True):
             keys.setdefault(feature_dir_key(r), r)
@@ -754,42 +841,42 @@ def causal_film_jobs(cfg, runs, m: Measured, splits: dict, a) -> list[Job]:
         epochs = r["train"]["epochs"]
         n_train = a.train_normal
         passes, in_memory, needs_backbones = [], 0.0, False
+        group = f"causal_film seed{settings['seed']}"
 
-        def pass_of(stage, split, n, head_flop, repeats=1, augmented=False):
-            nonlocal in_memory, needs_backbones
+        def pass_of(stage, split, n, head_flop, repeats=1, augmented=False, shared=False):
+            nonlocal needs_backbones
             if method.uses_cache(split):
-                in_memory_add = 0.0  # FeatureDataset serves a memory map of the cache: page cache, not RSS
-                return Pass(stage, flops(hp, n * head_flop), 0, None, repeats), in_memory_add
+                return Pass(stage, flops(hp, n * head_flop), 0, None, repeats)  # a memory map: page cache, not RSS
             needs_backbones = True
             f = {hp: n * head_flop}
-            f[bp] = f.get(bp, 0.0) + n * bb
-            return Pass(stage, f, n, "causal_film.aug_on" if augmented else "causal_film.aug_off", repeats), 0.0
+            if not shared:  # the stream's first run passes the batch through the backbones for all of them
+                f[bp] = f.get(bp, 0.0) + n * bb
+            decode = "causal_film.aug_on" if augmented else "causal_film.aug_off"
+            return Pass(stage, f, 0 if shared else n, None if shared else loader_key(r, decode), repeats)
 
         augmented = method.uses_augmentation()
+        stream = (group, stream_key(r)) if not a.per_run_jobs and not method.uses_cache("train") else None
+        shared = stream is not None and stream in streams
+        if stream is not None:
+            streams.add(stream)
         decoded_once = augmented and not method.uses_cache("train") and r["train"].get("cache_inputs", False) \
-            and "causal_film.aug_only" in m.loader
-        step, mem = pass_of("causal_film.train", "train", n_train, head["train_flop"], epochs, augmented)
+            and "causal_film.aug_only" in m.loader and not uses_store(r)
+        step = pass_of("causal_film.train", "train", n_train, head["train_flop"], epochs, augmented, shared)
         if decoded_once:  # train.cache_inputs: files decoded in the first epoch, augmentation only after it
             passes += [Pass(step.stage, step.flop, n_train, step.loader, 1),
                        Pass(step.stage, step.flop, n_train, "causal_film.aug_only", epochs - 1)]
             in_memory += n_train * m.sizes.get("cf_input_bytes_per_sample", 0)
         else:
             passes.append(step)
-        in_memory += mem
         selection = method.selection_split
         if selection:
-            step, mem = pass_of("causal_film.select", selection, splits[selection], head["score_flop"], epochs)
-            passes.append(step)
-            in_memory += mem
+            passes.append(pass_of("causal_film.select", selection, splits[selection], head["score_flop"], epochs))
         for split in workflow_splits(cfg):
-            step, mem = pass_of("causal_film.score", split, splits[split], head["score_flop"])
-            passes.append(step)
-            if split != selection:
-                in_memory += mem
+            passes.append(pass_of("causal_film.score", split, splits[split], head["score_flop"]))
         fixed = a.job_start_s + (bb_bytes / (a.disk_gbps * 1e9) if needs_backbones else 0.0)
         rss = m.sizes["import_rss"] + in_memory + head["param_bytes"] * 4 + (bb_bytes if needs_backbones else 0)
         jobs.append(Job(f"causal_film {settings}", passes, fixed, workers, rss,
-                        {"causal_film.train": checkpoint_bytes(head["param_bytes"], r)}))
+                        {"causal_film.train": checkpoint_bytes(head["param_bytes"], r)}, group=group))
     feature_jobs = []
     for key, r in keys.items():
         for split in ("train", "val", "test"):  # the workflow builds every split of a key (common.smk)
@@ -797,10 +884,18 @@ def causal_film_jobs(cfg, runs, m: Measured, splits: dict, a) -> list[Job]:
             f = flops(precision_of(r, "backbone"), n * bb + m.backbones["clip"]["gflop_per_sample"] * 1e9)
             # build_feature_cache writes batch by batch: one batch of features in memory
             rss = m.sizes["import_rss"] + bb_bytes + r["train"].get("eval_batch_size", 32) * cache_per_sample
-            feature_jobs.append(Job(f"features {key} {split}", [Pass("features", f, n, "causal_film.aug_off")],
-                                    a.job_start_s + bb_bytes / (a.disk_gbps * 1e9), r["train"].get("num_workers", 0),
+            feature_jobs.append(Job(f"features {key} {split}",
+                                    [Pass("features", f, n, loader_key(r, "causal_film.aug_off"))],
+                                    a.job_start_s + bb_bytes / (a.disk_gbps * 1e9), loader_workers(r, "features"),
                                     rss, {"features": n * cache_per_sample}))
     return feature_jobs + jobs
+
+
+def stream_key(run_cfg: dict) -> str:
+    """The key under which Causal-FiLM runs of one job share a TRAIN pass (the package's own rule)."""
+    from weldfilm.run_keys import train_stream_key
+
+    return train_stream_key(run_cfg)
 
 
 def late_fusion_jobs(cfg, runs, m: Measured, splits: dict, a) -> list[Job]:
@@ -816,7 +911,7 @@ def late_fusion_jobs(cfg, runs, m: Measured, splits: dict, a) -> list[Job]:
             train = m.components[f"late_fusion.{branch}.train"]["flop_per_sample"]
             score = m.components[f"late_fusion.{branch}.score"]["flop_per_sample"]
             epochs = s[f"{branch}_epochs"]  # the video AE may stop early (patience): an upper bound
-            loader = f"late_fusion.{branch}"
+            loader = loader_key(r, f"late_fusion.{branch}")
             cached = s["cache_inputs"]  # MemoryCachedDataset: decoded once, then served from memory
             for stage, split, n, f in (("late_fusion.train", "train", a.train_normal, train),
                                        ("late_fusion.select", selection, splits[selection], score)):
@@ -837,8 +932,9 @@ def late_fusion_jobs(cfg, runs, m: Measured, splits: dict, a) -> list[Job]:
             held = sum(m.sizes[f"late_fusion.{b}.input_bytes"] for b in ("audio", "video")) * (
                 a.train_normal + sum(splits[x] for x in {selection, *workflow_splits(cfg)}))
         rss = m.sizes["import_rss"] + trainable * 4 + held + s["batch_size"] * m.sizes["late_fusion.audio.input_bytes"] * 3
-        jobs.append(Job(f"late_fusion {settings}", passes, a.job_start_s, r["train"].get("num_workers", 0), rss,
-                        {"late_fusion.train": checkpoint_bytes(trainable, r)}))
+        jobs.append(Job(f"late_fusion {settings}", passes, a.job_start_s, loader_workers(r, train_rule("late_fusion")),
+                        rss, {"late_fusion.train": checkpoint_bytes(trainable, r)},
+                        group=f"late_fusion seed{settings['seed']}"))
     return jobs
 
 
@@ -879,7 +975,7 @@ def m3dm_jobs(cfg, runs, m: Measured, splits: dict, a) -> list[Job]:
             for split in read:  # one extractor pass writes (or, for a further seed, re-computes) the split's caches
                 builds.setdefault((split, point_key), (r, splits[split]))
         passes = [Pass("m3dm.extract", extract(r, 0 if cached else n_bank), 0 if cached else n_bank,
-                       None if cached else "m3dm"),
+                       None if cached else loader_key(r, "m3dm")),
                   # greedy coreset per bank, then every bank run scored against the banks (fuser fit)
                   Pass("m3dm.bank", flops(precision_of(r, "plain"), coreset + n_bank * bank_score))]
         for split in workflow_splits(cfg):
@@ -887,20 +983,21 @@ def m3dm_jobs(cfg, runs, m: Measured, splits: dict, a) -> list[Job]:
             f = extract(r, 0 if cached else n)
             plain = precision_of(r, "plain")
             f[plain] = f.get(plain, 0.0) + n * bank_score
-            passes.append(Pass("m3dm.score", f, 0 if cached else n, None if cached else "m3dm"))
+            passes.append(Pass("m3dm.score", f, 0 if cached else n, None if cached else loader_key(r, "m3dm")))
         # all bank patches, and their standardised copy, in memory while the coreset runs
         rss = m.sizes["import_rss"] + m.sizes["m3dm.param_bytes"] + 2 * bank_bytes
         jobs.append(Job(f"m3dm {settings}", passes, a.job_start_s + m.backbones["dino_vitb8"]["param_bytes"] /
-                        (a.disk_gbps * 1e9), r["train"].get("num_workers", 0), rss, {"m3dm.bank": disk}))
+                        (a.disk_gbps * 1e9), loader_workers(r, train_rule("m3dm")), rss, {"m3dm.bank": disk},
+                        group=f"m3dm seed{settings['seed']}"))
     rgb_written = set()
     for (split, point_key), (r, n) in builds.items():  # run inside the first job that needs them: no fixed cost
         kinds = ("point",) if split in rgb_written else ("rgb", "point")  # the RGB cache is shared by every seed
         rgb_written.add(split)
         width = sum(m.sizes["m3dm.dims"][k] * m.sizes["m3dm.patches_per_run"][k] * 4 for k in kinds)
         jobs.append(Job(f"m3dm encoder cache {split} {point_key}",
-                        [Pass("m3dm.extract", extract(r, n), n, "m3dm")], 0.0,
-                        r["train"].get("num_workers", 0), m.sizes["import_rss"] + m.sizes["m3dm.param_bytes"],
-                        {"m3dm.extract": n * width}))
+                        [Pass("m3dm.extract", extract(r, n), n, loader_key(r, "m3dm"))], 0.0,
+                        loader_workers(r, train_rule("m3dm")), m.sizes["import_rss"] + m.sizes["m3dm.param_bytes"],
+                        {"m3dm.extract": n * width}, group=f"m3dm seed{r['run']['seed']}"))
     return jobs
 
 
@@ -936,28 +1033,32 @@ def dinomaly_jobs(cfg, runs, m: Measured, splits: dict, a) -> list[Job]:
                 builds.setdefault(split, (r, n))
                 passes.append(Pass(stage, cost(n, f), 0, None, epochs))
             elif s["cache_inputs"]:
-                passes += [Pass(stage, cost(n, f), n, "dinomaly", 1), Pass(stage, cost(n, f), 0, None, epochs - 1)]
+                passes += [Pass(stage, cost(n, f), n, loader_key(r, "dinomaly"), 1),
+                           Pass(stage, cost(n, f), 0, None, epochs - 1)]
             else:
-                passes.append(Pass(stage, cost(n, f), n, "dinomaly", epochs))
+                passes.append(Pass(stage, cost(n, f), n, loader_key(r, "dinomaly"), epochs))
         for split in workflow_splits(cfg):
             if cached:
                 builds.setdefault(split, (r, splits[split]))
             reread = not cached and (not s["cache_inputs"] or split != selection)
             passes.append(Pass("dinomaly.score", cost(splits[split], score), splits[split] if reread else 0,
-                               "dinomaly" if reread else None))
+                               loader_key(r, "dinomaly") if reread else None))
         rss = m.sizes["import_rss"] + m.sizes["dinomaly.param_bytes"] + 3 * m.sizes["dinomaly.trainable_param_bytes"]
         jobs.append(Job(f"dinomaly {settings}", passes, a.job_start_s + m.backbones["dinov2_reg"]["param_bytes"] /
-                        (a.disk_gbps * 1e9), r["train"].get("num_workers", 0), rss,
-                        {"dinomaly.train": checkpoint_bytes(m.sizes["dinomaly.trainable_param_bytes"], r)}))
+                        (a.disk_gbps * 1e9), loader_workers(r, train_rule("dinomaly")), rss,
+                        {"dinomaly.train": checkpoint_bytes(m.sizes["dinomaly.trainable_param_bytes"], r)},
+                        group=f"dinomaly seed{settings['seed']}"))
     for split, (r, n) in builds.items():
         # per image: the bottleneck input and each layer group's target, fp32 (fp16 with feature_cache_dtype)
         item = 2 if r["train"].get("feature_cache_dtype", "fp32") == "fp16" else 4
         per_run = m.sizes["dinomaly.images_per_run"] * (len(r["dinomaly"]["layer_groups"] or [[0], [1]]) + 1) * \
             m.sizes["dinomaly.tokens_per_image"] * m.sizes["dinomaly.dim"] * item
         jobs.append(Job(f"dinomaly encoder cache {split}",
-                        [Pass("dinomaly.encode", flops(precision_of(r, "backbone"), n * encoder), n, "dinomaly")],
-                        0.0, r["train"].get("num_workers", 0), m.sizes["import_rss"] + m.sizes["dinomaly.param_bytes"],
-                        {"dinomaly.encode": n * per_run}))
+                        [Pass("dinomaly.encode", flops(precision_of(r, "backbone"), n * encoder), n,
+                              loader_key(r, "dinomaly"))],
+                        0.0, loader_workers(r, train_rule("dinomaly")),
+                        m.sizes["import_rss"] + m.sizes["dinomaly.param_bytes"],
+                        {"dinomaly.encode": n * per_run}, group=f"dinomaly seed{r['run']['seed']}"))
     return jobs
 
 
@@ -966,21 +1067,50 @@ def peak_flops(precision: str, a) -> float:
     return tflops[precision] * 1e12 * a.utilization
 
 
+def grouped(jobs: list[Job], per_run: bool) -> list[Job]:
+    """The workflow's jobs: the runs of one method and seed in one job (its start and weights paid once,
+    its peak the largest of its runs'); ``per_run``: every run a job of its own (before the grouping)."""
+    out, groups = [], {}
+    for job in jobs:
+        if per_run or job.group is None:
+            out.append(job)
+            continue
+        if job.group not in groups:
+            groups[job.group] = Job(job.group, [], 0.0, job.workers, 0.0, {}, group=job.group)
+            out.append(groups[job.group])
+        g = groups[job.group]
+        g.passes += job.passes
+        g.fixed_s = max(g.fixed_s, job.fixed_s)
+        g.peak_rss = max(g.peak_rss, job.peak_rss)
+        for stage, value in job.disk.items():
+            g.disk[stage] = g.disk.get(stage, 0.0) + value
+    return out
+
+
 def project_dag(cfg: dict, m: Measured, a) -> dict:
-    """The full paper DAG on one GPU: per stage PFLOP, GPU-hours of compute, hours held, peak RSS, disk."""
+    """The full paper DAG on one GPU: per stage PFLOP, GPU-hours of compute, hours held, peak RSS, disk.
+
+    CPU jobs (the input store) never hold the GPU: their hours are wall hours on their own cores,
+    overlapping the GPU jobs, and are left out of the GPU total.
+    """
     runs = all_runs(cfg)
     splits = dict(PAPER_SPLITS)
     jobs = (causal_film_jobs(cfg, runs, m, splits, a) + late_fusion_jobs(cfg, runs, m, splits, a)
             + m3dm_jobs(cfg, runs, m, splits, a) + dinomaly_jobs(cfg, runs, m, splits, a))
+    jobs = grouped(jobs, getattr(a, "per_run_jobs", False)) + input_store_jobs(cfg, runs, m, splits, a)
     stages: dict[str, dict] = {}
     for job in jobs:
         for index, step in enumerate(job.passes):
             st = stages.setdefault(step.stage, {"pflop": 0.0, "gpu_hours_compute": 0.0, "hours_held": 0.0,
-                                                "peak_rss_gb": 0.0, "disk_gb": 0.0, "jobs": set(), "precision": set()})
+                                                "peak_rss_gb": 0.0, "disk_gb": 0.0, "jobs": set(), "precision": set(),
+                                                "gpu": job.gpu})
             compute = sum(v / peak_flops(p, a) for p, v in step.flop.items())
             load = step.loaded / m.loader[step.loader] if step.loader else 0.0
             # num_workers 0: the training process decodes, then computes; workers overlap the two
             per_pass = compute + load if job.workers == 0 else max(compute, load / job.workers)
+            if step.loader and step.loader.startswith("store."):  # the store's disk bounds its readers
+                read = step.loaded * m.sizes.get(f"store_read_bytes.{step.loader[len('store.'):]}", 0.0)
+                per_pass = max(per_pass, read / (a.store_gbps * 1e9))
             st["pflop"] += sum(step.flop.values()) * step.repeats / 1e15
             st["gpu_hours_compute"] += compute * step.repeats / 3600
             st["hours_held"] += per_pass * step.repeats / 3600
@@ -994,16 +1124,48 @@ def project_dag(cfg: dict, m: Measured, a) -> dict:
             stages[stage]["disk_gb"] += value / 1e9
     for st in stages.values():
         st["jobs"] = len(st["jobs"])
-        st["precision"] = "+".join(sorted(st["precision"]))
-    counts = {"runs": len(runs), "jobs": len(jobs),
+        st["precision"] = "+".join(sorted(st["precision"])) or "—"
+    counts = {"runs": len(runs), "jobs": sum(job.gpu for job in jobs), "cpu_jobs": sum(not job.gpu for job in jobs),
               "per_method": {meth: sum(s["method"] == meth and not s["ablation"] for s, _ in runs)
                              for meth in cfg["methods"]},
               "ablation_runs": sum(bool(s["ablation"]) for s, _ in runs),
-              "seeds": len(cfg["seeds"]), "protocols": list(cfg["protocols"]), "ablations": len(cfg["ablations"])}
+              "seeds": len(cfg["seeds"]), "protocols": list(cfg["protocols"]), "ablations": len(cfg["ablations"]),
+              "per_run_jobs": bool(getattr(a, "per_run_jobs", False))}
+    gpu_stages = [s for s in stages.values() if s["gpu"]]
     return {"stages": stages, "counts": counts, "splits": splits,
-            "total_pflop": sum(s["pflop"] for s in stages.values()),
-            "total_gpu_hours_compute": sum(s["gpu_hours_compute"] for s in stages.values()),
-            "total_gpu_hours_held": sum(s["hours_held"] for s in stages.values())}
+            "total_pflop": sum(s["pflop"] for s in gpu_stages),
+            "total_gpu_hours_compute": sum(s["gpu_hours_compute"] for s in gpu_stages),
+            "total_gpu_hours_held": sum(s["hours_held"] for s in gpu_stages),
+            "total_cpu_job_hours": sum(s["hours_held"] for s in stages.values() if not s["gpu"])}
+
+
+def input_store_jobs(cfg: dict, runs, m: Measured, splits: dict, a) -> list[Job]:
+    """The ``inputs`` rule's CPU jobs: every (kind, split) of the input store decoded once, with the
+    rule's threads as DataLoader workers; disk = what the kind stores per run."""
+    if not any(uses_store(r) for _, r in runs):
+        return []
+    from weldfilm.data import store
+
+    jobs, seen = [], set()
+    threads = slurm_threads("inputs")
+    for _, r in runs:
+        if not uses_store(r):
+            continue
+        for split, kinds in store.run_input_kinds(r).items():
+            for kind in kinds:
+                name = store.kind_name(kind)
+                if (name, split) in seen:
+                    continue
+                seen.add((name, split))
+                label = store.kind_label(kind)
+                if f"inputs.{label}" not in m.loader:
+                    raise SystemExit(f"the measurement holds no input-store kind {label}: measure again "
+                                     "(without --from-json) for this config")
+                n = splits[split]
+                jobs.append(Job(f"inputs {name} {split}", [Pass("inputs (CPU)", {}, n, f"inputs.{label}")],
+                                a.job_start_s, threads, m.sizes["import_rss"],
+                                {"inputs (CPU)": n * m.sizes[f"store_bytes.{label}"]}, gpu=False))
+    return jobs
 
 
 # ================================================================================================ part 4: output
@@ -1011,8 +1173,12 @@ def assumptions(cfg: dict, a) -> dict:
     base = cfg["train"]
     return {"gpu_tflops_bf16": a.gpu_tflops, "gpu_tflops_tf32": a.gpu_tf32_tflops, "gpu_tflops_fp32": a.gpu_fp32_tflops,
             "gpu_name": a.gpu_name, "utilization": a.utilization, "gpus": 1, "serial_jobs": True,
-            "num_workers": base.get("num_workers", 0), "mixed_precision": base.get("mixed_precision", False),
+            "num_workers": base.get("num_workers", 0),
+            "workers_per_train_job": loader_workers(cfg, train_rule("causal_film")),
+            "per_run_jobs": bool(getattr(a, "per_run_jobs", False)),
+            "mixed_precision": base.get("mixed_precision", False),
             "amp_dtype": base.get("amp_dtype"), "disk_gbps": a.disk_gbps, "job_start_s": a.job_start_s,
+            "store_gbps": getattr(a, "store_gbps", None),
             "train_normal_runs": a.train_normal, "epochs": "as configured (early stopping not modelled: upper bound)",
             "loader_rate": "measured per worker on this machine (see loader)"}
 
@@ -1030,7 +1196,9 @@ def behaviour(cfg: dict) -> dict:
             "augmented runs decoded once (train.cache_inputs)": bool(r["train"].get("cache_inputs", False)),
             "frozen backbones (train.backbone_precision)": precision_of(r, "backbone"),
             "heads (train.mixed_precision, amp_dtype, allow_tf32)": precision_of(r, "head"),
-            "loader workers (train.num_workers)": int(r["train"].get("num_workers", 0)),
+            "loader workers (train.num_workers; auto = the SLURM profile's threads - 1)":
+                f"{r['train'].get('num_workers', 0)} -> {loader_workers(r, train_rule('causal_film'))}",
+            "decoded inputs read from the input store (inputs.store)": uses_store(r),
             "Late Fusion inputs kept (late_fusion.cache_inputs)": bool(r["late_fusion"]["cache_inputs"]),
             "M3DM encoder cache (m3dm.encoder_cache)": bool(r["m3dm"].get("encoder_cache", False)),
             "Dinomaly encoder cache (dinomaly.encoder_cache)": bool(r["dinomaly"].get("encoder_cache", False)),
@@ -1043,6 +1211,7 @@ def result_dict(cfg, m: Measured, proj: dict, a, elapsed_s: float) -> dict:
     return {
         "total_gpu_hours_compute": proj["total_gpu_hours_compute"],
         "total_gpu_hours_held": proj["total_gpu_hours_held"],
+        "total_cpu_job_hours": proj.get("total_cpu_job_hours", 0.0),
         "total_pflop": proj["total_pflop"],
         "gpu": assumptions(cfg, a),
         "stages": {name: {k: v for k, v in st.items()} for name, st in sorted(proj["stages"].items())},
@@ -1062,6 +1231,7 @@ def result_dict(cfg, m: Measured, proj: dict, a, elapsed_s: float) -> dict:
                      "torch_threads": torch.get_num_threads(), "seconds": elapsed_s,
                      "data_mb_per_run": m.sizes["data_bytes_per_run"] / 1e6},
         "command": a.command,
+        "label": getattr(a, "label", None),
         "behaviour": behaviour(cfg),
         # everything part 3 reads, so that ``--from-json`` re-projects with another config or code
         "measured_inputs": {"runs": m.runs, "backbones": m.backbones, "components": m.components, "loader": m.loader,
@@ -1069,7 +1239,11 @@ def result_dict(cfg, m: Measured, proj: dict, a, elapsed_s: float) -> dict:
     }
 
 
-def markdown(result: dict, baseline: dict | None) -> str:
+def markdown(result: dict, baseline: dict | list | None) -> str:
+    """The generated docs/paper-scale.md; ``baseline``: one earlier result or a list of them (the first is
+    the per-stage "before"; each gets a row in the before/after totals)."""
+    baselines = baseline if isinstance(baseline, list) else ([baseline] if baseline else [])
+    baseline = baselines[0] if baselines else None
     g = result["gpu"]
     lines = ["# The paper profile at scale (generated)", "",
              f"Generated by `{result['command']}` ({result['measured']['seconds'] / 60:.1f} min on this machine, "
@@ -1082,14 +1256,22 @@ def markdown(result: dict, baseline: dict | None) -> str:
              "has no formula for); loader rates measured on this machine (2 shared cores: rough).", "",
              f"**GPU assumptions:** one {g['gpu_name']}, {g['gpu_tflops_bf16']:g} TFLOPS bf16/fp16, "
              f"{g['gpu_tflops_tf32']:g} TF32, {g['gpu_tflops_fp32']:g} fp32 (dense), at {g['utilization']:.0%} "
-             f"utilization; every GPU job serial (`--resources gpu=1`); loader at `num_workers: {g['num_workers']}` "
-             f"({'in the training process, so decoding adds to compute' if g['num_workers'] == 0 else 'workers overlap compute'}); "
+             f"utilization; every GPU job serial (`--resources gpu=1`); "
+             f"{'every run a job of its own' if g.get('per_run_jobs') else 'one train job per method and seed (runs with the same TRAIN stream share its pass)'}; "
+             f"loader at `num_workers: {g['num_workers']}` = {g.get('workers_per_train_job', g['num_workers'])} workers per train job "
+             f"({'in the training process, so decoding adds to compute' if not g.get('workers_per_train_job', g['num_workers']) else 'workers overlap compute'}); "
              f"mixed_precision {g['mixed_precision']}; job start {g['job_start_s']:g} s + weights read at "
-             f"{g['disk_gbps']:g} GB/s; every configured epoch run (early stopping not modelled).", "",
+             f"{g['disk_gbps']:g} GB/s; "
+             + (f"the input store read at most at {g['store_gbps']:g} GB/s per job (a local NVMe, not the page cache); "
+                if g.get("store_gbps") else "")
+             + "every configured epoch run (early stopping not modelled).", "",
              f"**Total: {result['total_pflop']:,.0f} PFLOP, {result['total_gpu_hours_compute']:.1f} GPU-hours of compute, "
              f"{result['total_gpu_hours_held']:.1f} hours of GPU held** ({result['counts']['runs']} runs, "
              f"{result['counts']['jobs']} GPU jobs; splits TRAIN {result['splits']['train']} / VAL "
-             f"{result['splits']['val']} / TEST {result['splits']['test']}).", "",
+             f"{result['splits']['val']} / TEST {result['splits']['test']})"
+             + (f"; besides, {result['counts']['cpu_jobs']} CPU jobs fill the input store in "
+                f"{result['total_cpu_job_hours']:.2f} h of wall time on their own cores, beside the GPU jobs."
+                if result["counts"].get("cpu_jobs") else "."), "",
              "## Per backbone (one sample = one weld run as the method calls the backbone)", "",
              "| backbone | class | params (M) | output per sample | GFLOP/sample | cache MB/sample | CPU s/sample | note |",
              "|---|---|---|---|---|---|---|---|"]
@@ -1138,8 +1320,17 @@ def markdown(result: dict, baseline: dict | None) -> str:
         total = (f"| **total** | {result['counts']['jobs']} | | {baseline['total_pflop']:,.1f} → {result['total_pflop']:,.1f} | "
                  f"{baseline['total_gpu_hours_compute']:,.2f} → {result['total_gpu_hours_compute']:,.2f} | "
                  f"{baseline['total_gpu_hours_held']:,.2f} → {result['total_gpu_hours_held']:,.2f} | | |")
-    lines += [total, "", "## Measured on this machine", "",
-              "| loader (one worker, WeldingDataset) | samples/s |", "|---|---|"]
+    lines += [total]
+    if baselines:
+        lines += ["", "## Before and after (the same measurement, projected for each state of the config and workflow)", "",
+                  "| state | GPU jobs | PFLOP | GPU-h compute | hours of GPU held | CPU-job hours (input store) |",
+                  "|---|---|---|---|---|---|"]
+        for item in [*baselines, result]:
+            lines.append(f"| {item.get('label') or item['command']} | {item['counts']['jobs']} | {item['total_pflop']:,.0f} | "
+                         f"{item['total_gpu_hours_compute']:,.2f} | {item['total_gpu_hours_held']:,.2f} | "
+                         f"{item.get('total_cpu_job_hours', 0.0):,.2f} |")
+    lines += ["", "## Measured on this machine", "",
+              "| loader (one worker: decoding the files, `store.` reading the input store, `inputs.` filling it) | samples/s |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in result["loader_samples_per_s_per_worker"].items()]
     load = result.get("measured_inputs", {}).get("sizes", {}).get("load_average_at_start")
     if load is not None:
@@ -1156,16 +1347,21 @@ def markdown(result: dict, baseline: dict | None) -> str:
               f"–{max(h['train_flop'] for h in heads.values()) / 1e9:.1f}.", "",
               "Peak RSS of the measurement steps (GB): " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                                    result["measured_peak_rss_gb"].items()) + ".", "",
-              "How the projection counts (benchmarks/paper_scale.py, part 3): each run of methods x seeds x protocols "
-              "and ablations x seeds is one serial GPU job; per epoch it does what the code does (Causal-FiLM with "
-              "augmentation passes TRAIN through V-JEPA2 + AST + DINOv3; cached splits read the feature cache; the "
-              "selection split is scored every epoch; Late Fusion and Dinomaly re-decode their inputs every epoch when "
-              "their `cache_inputs` is false; M3DM and Dinomaly run their frozen encoders in every job unless their "
-              "`encoder_cache` is on, then once per split (M3DM: per split and point-transformer seed)); the feature-cache "
-              "jobs are those of the workflow (every split of each feature key) and write batch by batch (caches are read "
-              "memory-mapped); "
+              "How the projection counts (benchmarks/paper_scale.py, part 3): the runs are methods x seeds x protocols "
+              "and ablations x seeds; the runs of one method and seed are one serial GPU job (its start and weights paid "
+              "once), and Causal-FiLM runs of one job that read the same TRAIN stream (`weldfilm.run_keys."
+              "train_stream_key`) share one frozen-backbone pass and one load per batch; per epoch each run does what the code "
+              "does (Causal-FiLM with augmentation passes TRAIN through V-JEPA2 + AST + DINOv3; cached splits read the "
+              "feature cache; the selection split is scored every epoch; Late Fusion and Dinomaly re-read their inputs "
+              "every epoch unless their `cache_inputs` keeps them; M3DM and Dinomaly run their frozen encoders once per "
+              "split with their `encoder_cache` on (M3DM: per split and point-transformer seed), in every job without); "
+              "a pass loads through the measured loader — decoding the files, or reading the input store (`inputs.store`) "
+              "— at its rate per worker times the job's workers, overlapping compute (without workers the two add up); "
+              "the input store's `inputs` jobs run on CPU cores beside the GPU jobs; the feature-cache jobs are those of "
+              "the workflow (every split of each feature key) and write batch by batch (caches are read memory-mapped); "
               "peak RSS and disk are projected at full split sizes. `--from-json` re-projects a stored measurement with "
-              "the current config and code; `--baseline` shows before → after per stage.", ""]
+              "the current config and code (`--set` and `--per-run-jobs` project another state of them); `--baseline` "
+              "shows before → after per stage.", ""]
     return "\n".join(lines)
 
 
@@ -1191,7 +1387,10 @@ def parse_args(argv=None):
     parser.add_argument("--runs", type=int, default=2, help="synthetic runs measured (default 2)")
     parser.add_argument("--json", default=None, help="write the result as JSON here")
     parser.add_argument("--markdown", default="docs/paper-scale.md", help="Markdown table ('' = none)")
-    parser.add_argument("--baseline", default=None, help="an earlier --json result: the table shows before -> after")
+    parser.add_argument("--baseline", nargs="*", default=[],
+                        help="earlier --json results: the stage table shows the first -> this one; a totals table "
+                             "lists each")
+    parser.add_argument("--label", default=None, help="a name for this state of the config/workflow (tables)")
     parser.add_argument("--config", default=None, help="config.yaml (default: the project's)")
     parser.add_argument("--profile", default="paper", help="config profile to measure and project (default paper)")
     parser.add_argument("--quick", action="store_true", help="tiny backbones, default-profile sizes, small files")
@@ -1202,12 +1401,21 @@ def parse_args(argv=None):
     parser.add_argument("--utilization", type=float, default=0.35, help="fraction of peak reached (default 0.35)")
     parser.add_argument("--disk-gbps", type=float, default=1.0, help="weights read rate at job start, GB/s")
     parser.add_argument("--job-start-s", type=float, default=20.0, help="fixed start cost of a job (imports), s")
+    parser.add_argument("--store-gbps", type=float, default=2.0,
+                        help="read rate of the input store's disk, GB/s, shared by a job's workers (default 2: a "
+                             "local NVMe; the page cache, where the split fits, is faster)")
     parser.add_argument("--train-normal", type=int, default=PAPER_SPLITS["train"],
                         help="normal TRAIN runs (paper: all 576 TRAIN runs are good)")
     parser.add_argument("--duration-s", type=float, default=None, help="synthetic run length (default 10; quick 1)")
     parser.add_argument("--video-size", type=int, default=None, help="synthetic video frame side (default 256)")
     parser.add_argument("--photo-size", type=int, default=None, help="synthetic photo side (default 1024)")
     parser.add_argument("--keep", default=None, help="work in this folder and keep it")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="dotted config overrides of the projected config (e.g. a 'before' state: "
+                             "train.num_workers=0 inputs.store=false)")
+    parser.add_argument("--per-run-jobs", action="store_true",
+                        help="project every run as a job of its own with no shared TRAIN pass (the workflow "
+                             "before one job per method and seed)")
     parser.add_argument("--from-json", default=None,
                         help="no measurement: re-project the measured figures stored in an earlier --json with the "
                              "current config and code (an older file without them is only re-rendered)")
@@ -1226,12 +1434,17 @@ def from_json(args) -> dict:
     stored = json.loads(Path(args.from_json).read_text())
     root = Path(tempfile.mkdtemp(prefix="weldfilm_paper_scale_"))
     try:
-        cfg = load_benchmark_config(args.config, args.profile, args.quick, root)
+        cfg = load_benchmark_config(args.config, args.profile, args.quick, root, args.set)
         inputs = stored.get("measured_inputs")
         if inputs is None:  # written before measured_inputs existed: render as stored
             log(f"{args.from_json} holds no measured inputs: rendered as stored, not re-projected")
             return {**stored, "command": f"{stored['command']}` then rendered by `{args.command}"}
         m = Measured(**inputs)
+        if any(k.startswith("store_bytes.") for k in m.sizes):
+            from weldfilm.config import run_config
+
+            store_read_bytes({method: run_config(cfg, method, cfg["seeds"][0], "fair")
+                              for method in ("causal_film", "late_fusion", "m3dm", "dinomaly")}, m)
         projection = project_dag(cfg, m, args)
         args.command = f"{stored['command']}` then `{args.command}"
         result = result_dict(cfg, m, projection, args, stored["measured"]["seconds"])
@@ -1251,7 +1464,7 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="weldfilm_paper_scale_"))
     try:
-        cfg = load_benchmark_config(args.config, args.profile, args.quick, root)
+        cfg = load_benchmark_config(args.config, args.profile, args.quick, root, args.set)
         measured = measure(cfg, args)
         log("projecting the paper DAG")
         projection = project_dag(cfg, measured, args)
@@ -1273,8 +1486,8 @@ def write_outputs(result: dict, args) -> None:
     if args.markdown:
         from weldfilm.io import write_text
 
-        baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
-        write_text(Path(args.markdown), markdown(result, baseline) + "\n")
+        baselines = [json.loads(Path(path).read_text()) for path in args.baseline]
+        write_text(Path(args.markdown), markdown(result, baselines) + "\n")
 
 
 if __name__ == "__main__":

@@ -126,8 +126,8 @@ def paper_config(tmp_path, **changes):
     keys are dropped. Frozen encoders in fp32, no TF32 and no encoder caches unless ``changes`` say so."""
     cfg = ps.load_benchmark_config(None, "paper", False, tmp_path)
     base = {"train.backbone_precision": "fp32", "train.allow_tf32": False, "train.cache_inputs": False,
-            "m3dm.encoder_cache": False,
-            "dinomaly.encoder_cache": False}
+            "m3dm.encoder_cache": False, "dinomaly.encoder_cache": False, "inputs.store": False,
+            "train.num_workers": 0}
     for dotted, value in {**base, **changes}.items():
         section, key = dotted.split(".")
         if key in cfg[section] or dotted in changes:  # precision/cache keys only where the schema has them
@@ -154,20 +154,34 @@ def stated_measurement(cfg) -> "ps.Measured":
         m.components[name] = {"flop_per_sample": value, "cpu_s_per_sample": 1.0, "wall_s_per_sample": 1.0}
     m.loader = {"causal_film.aug_on": 4.0, "causal_film.aug_only": 40.0, "causal_film.aug_off": 5.0, "late_fusion.audio": 10.0,
                 "late_fusion.video": 25.0, "m3dm": 100.0, "dinomaly": 20.0}
+    # the decoded-input store: read 10x faster than decoding; each kind decoded at 2 runs/s, 1 MB a run
+    m.loader.update({f"store.{key}": 10 * rate for key, rate in m.loader.items()})
+    from weldfilm.data import store
+
+    labels = set()
+    for _, run in ps.all_runs(cfg):
+        for method in ("causal_film", "late_fusion", "m3dm", "dinomaly"):
+            labels |= {store.kind_label(spec) for spec in store.method_kinds(run, method)}
+    m.loader.update({f"inputs.{label}": 2.0 for label in labels})
     m.sizes = {"import_rss": 5e8, "data_bytes_per_run": 4e7, "cf_input_bytes_per_sample": 5e6, "cf_cache_bytes_per_sample_extra": 1e4, "late_fusion.audio.param_bytes": 1e8,
                "late_fusion.video.param_bytes": 1e7, "late_fusion.audio.input_bytes": 3.4e7,
                "late_fusion.video.input_bytes": 1e6, "m3dm.patches_per_run": {"rgb": 784, "point": 3136},
                "m3dm.dims": {"rgb": 768, "point": 1152}, "m3dm.param_bytes": 4e8, "m3dm.jl_dim_paper": {"rgb": 100, "point": 120},
                "m3dm.coreset": {"rgb": {"flop_per_pick_item_dim": 2.0}, "point": {"flop_per_pick_item_dim": 2.0}},
                "dinomaly.param_bytes": 6e8, "dinomaly.trainable_param_bytes": 2.5e8, "dinomaly.images_per_run": 5,
-               "dinomaly.tokens_per_image": 784, "dinomaly.dim": 768}
+               "dinomaly.tokens_per_image": 784, "dinomaly.dim": 768,
+               **{f"store_bytes.{label}": 1e6 for label in labels}}
+    from weldfilm.config import run_config
+
+    ps.store_read_bytes({method: run_config(cfg, method, cfg["seeds"][0], "fair")
+                         for method in ("causal_film", "late_fusion", "m3dm", "dinomaly")}, m)
     return m
 
 
 def assumptions(**changes) -> Namespace:
     base = dict(gpu_tflops=1000.0, gpu_tf32_tflops=500.0, gpu_fp32_tflops=100.0, utilization=0.5, disk_gbps=1.0,
                 job_start_s=0.0, train_normal=576, gpu_name="test GPU", quick=False, profile="paper",
-                command="test")
+                command="test", per_run_jobs=True, store_gbps=1e6)
     return Namespace(**{**base, **changes})
 
 
@@ -233,3 +247,45 @@ def test_cost_model_follows_the_config(tmp_path):
         assert {"gflop_per_sample", "cache_mb_per_sample"} <= set(backbone)
     text = ps.markdown(result, baseline=copy.deepcopy(result))
     assert "→" in text and "| features |" in text
+
+
+def test_cost_model_of_shared_passes_and_the_input_store(tmp_path):
+    """One job per method and seed; Causal-FiLM runs on one augmented TRAIN stream share its backbone pass;
+    the input store moves decoding into CPU jobs and the GPU jobs read it at its rate x their workers."""
+    cfg = paper_config(tmp_path, **{"train.use_augmentations": True})
+    m = stated_measurement(cfg)
+    separate = ps.project_dag(cfg, m, assumptions())
+    together = ps.project_dag(cfg, m, assumptions(per_run_jobs=False))
+    seeds, epochs = len(cfg["seeds"]), cfg["train"]["epochs"]
+    cf_runs = seeds * (len(cfg["protocols"]) + len(cfg["ablations"]))
+    assert separate["stages"]["causal_film.train"]["jobs"] == cf_runs
+    assert together["stages"]["causal_film.train"]["jobs"] == seeds  # one job per seed
+    assert together["counts"]["jobs"] == 3 + len(cfg["methods"]) * seeds  # + the feature-cache builds
+    # with augmentation everywhere, a seed's runs share one stream unless a protocol or ablation changes
+    # what the backbones see (the stream key); each run still trains its own head
+    from weldfilm.run_keys import train_stream_key
+
+    streams = len({(s["seed"], train_stream_key(r)) for s, r in ps.all_runs(cfg) if s["method"] == "causal_film"})
+    assert streams < cf_runs
+    backbones = (160 + 130 + 1700) * 1e9
+    expected = (streams * backbones + cf_runs * 26e9) * epochs * 576 / 1e15
+    assert together["stages"]["causal_film.train"]["pflop"] == pytest.approx(expected)
+    assert together["total_gpu_hours_held"] < separate["total_gpu_hours_held"]
+
+    stored_cfg = paper_config(tmp_path, **{"train.use_augmentations": True, "inputs.store": True,
+                                           "train.num_workers": "auto"})
+    stored = ps.project_dag(stored_cfg, m, assumptions(per_run_jobs=False))
+    workers = ps.loader_workers(stored_cfg, ps.train_rule("late_fusion"))
+    assert workers == ps.slurm_threads("train_late_fusion") - 1 >= 1
+    assert stored["counts"]["cpu_jobs"] > 0 and stored["stages"]["inputs (CPU)"]["gpu"] is False
+    assert stored["total_cpu_job_hours"] == pytest.approx(stored["stages"]["inputs (CPU)"]["hours_held"])
+    assert stored["total_gpu_hours_held"] == pytest.approx(
+        sum(s["hours_held"] for s in stored["stages"].values() if s["gpu"]))
+    # Late Fusion: the same FLOPs, loading from the store with workers instead of decoding in-process
+    for stage in ("late_fusion.train", "late_fusion.select"):
+        assert stored["stages"][stage]["pflop"] == pytest.approx(together["stages"][stage]["pflop"])
+        assert stored["stages"][stage]["hours_held"] < together["stages"][stage]["hours_held"] / 10
+    # a slow disk under the store bounds its readers: 1 MB a sample at 1 MB/s is a second a sample
+    slow = ps.project_dag(stored_cfg, m, assumptions(per_run_jobs=False, store_gbps=1e-3))
+    n = cfg["late_fusion"]["audio_epochs"] * 1732
+    assert slow["stages"]["late_fusion.select"]["hours_held"] >= n / 3600
