@@ -56,10 +56,11 @@ def nvidia_gpu_visible():
     return bool(smi) and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
 
 
-# GPU rules request gpu=1 where a GPU exists, so `--resources gpu=1` gives each job the GPU in turn;
-# on a CPU-only machine they request none and run single-threaded side by side on the cores.
+# GPU rules request gpu=1 where a GPU exists, so `--resources gpu=1` gives each job the GPU in turn
+# (with workflow.gpu_job_threads threads: its loader workers); on a CPU-only machine they request none
+# and run single-threaded side by side on the cores.
 GPU_PER_JOB = {"always": 1, "never": 0, "auto": int(nvidia_gpu_visible())}[CFG["workflow"]["gpu_jobs"]]
-GPU_JOB_THREADS = 2 if GPU_PER_JOB else 1
+GPU_JOB_THREADS = int(CFG["workflow"]["gpu_job_threads"]) if GPU_PER_JOB else 1
 # Local jobs hand their work to a warm process that imported torch & co once (weldfilm/jobserver.py);
 # jobs inherit this variable. Off inside SLURM jobs whatever it says; `auto`: only for CPU jobs.
 JOB_SERVER = CFG["workflow"]["job_server"]
