@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 
 import numpy as np
@@ -91,6 +92,8 @@ def test_augmented_train_from_the_store_is_bit_identical(cfg):
 def test_a_stale_or_foreign_store_is_never_read(cfg, caplog):
     (spec,) = build(cfg, "test", {"modalities": ("sensor",)})
     path = store.store_file(cfg["results"], store.kind_name(spec), "test")
+    assert dataset_from_config(cfg, "test", modalities=("sensor",)).store
+    os.utime(path, (1_700_000_000, 1_700_000_000))  # Snakemake sets its outputs' mtimes after a job: still current
     assert dataset_from_config(cfg, "test", modalities=("sensor",)).store
     sidecar = store.sidecar_file(path)
     original = json.loads(sidecar.read_text())
@@ -195,10 +198,11 @@ def planned_inputs(output: str) -> set[tuple[str, str]]:
     return jobs
 
 
-def test_the_workflow_builds_each_kind_once_and_a_preprocessing_change_adds_only_its_kind(tmp_path):
-    """A real run of the `inputs` jobs on tiny data (results below tmp_path), then dry runs: nothing left to
-    do; Dinomaly's resize changed -> the three jobs of its new photo kind and nothing else; the train
-    jobs list their runs' store files as inputs."""
+def test_the_workflow_builds_each_kind_once_and_a_preprocessing_change_adds_only_its_kind(tmp_path, monkeypatch):
+    """A real run of the `inputs` jobs on tiny data (results below tmp_path): every method's datasets then
+    read the store (Snakemake resets its outputs' mtimes: the files must stay current); dry runs: nothing
+    left to do; Dinomaly's resize changed -> the three jobs of its new photo kind and nothing else; the
+    train jobs list their runs' store files as inputs."""
     from test_workflow import TINY_DATA, make_workdir, run_snakemake
 
     from weldfilm.config import deep_merge
@@ -216,6 +220,17 @@ def test_the_workflow_builds_each_kind_once_and_a_preprocessing_change_adds_only
     result = run_snakemake(workdir, "--cores", "2", "--until", "inputs")
     assert result.returncode == 0, result.stdout[-4000:]
     assert planned_inputs(run_snakemake(workdir, "-n", "--until", "inputs").stdout) == set()
+    from weldfilm.config import load_config
+
+    monkeypatch.chdir(workdir)
+    built = load_config(workdir / "config.yaml")
+    for method in ("causal_film", "late_fusion", "m3dm", "dinomaly"):
+        run = run_config(built, method, 0, "fair")
+        for arguments in store.method_dataset_arguments(run):
+            sizes = {k: v for k, v in arguments.items() if k != "modalities"}
+            for split in ("train", "val", "test"):
+                dataset = dataset_from_config(run, split, modalities=arguments["modalities"], **sizes)
+                assert set(dataset.store) == set(arguments["modalities"]), (method, split)
 
     make_workdir(tmp_path, merge=deep_merge(TINY_DATA, {"dinomaly": {"resize": 48}}))
     result = run_snakemake(workdir, "-n", "--until", "inputs")

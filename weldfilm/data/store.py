@@ -6,8 +6,8 @@ the sensor. Its name is a readable label plus a hash of ``kind_spec`` (the modal
 reader uses and ``weldfilm.feature_keys.data_identity``: data root, manifest settings, exclusions,
 missing images, synthetic generator settings). One file per kind and split:
 ``<results>/inputs/<kind>/<split>.npy`` (``store_file``, written row by row: ``RowFile``), rows in manifest order, and a JSON sidecar
-``<split>.json`` (key, sample ids, ``num_images`` for photos, shape, dtype, the data file's size and
-mtime) written after the data file is in place.
+``<split>.json`` (key, sample ids, ``num_images`` for photos, shape, dtype, a digest of the data file:
+sha256 of its size, first and last MiB) written after the data file is in place.
 
 Video frames and photos are stored as the resized RGB uint8 pixels and turned into float32 / 255 on
 read with the very division of ``readers.rgb_float_into`` (``readers.uint8_to_float``): the values
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from weldfilm.errors import ConfigError, DataError, WeldfilmError
-from weldfilm.feature_keys import CAUSAL_FILM_MODALITIES, cached_splits, data_identity
+from weldfilm.feature_keys import CAUSAL_FILM_MODALITIES, cached_splits, data_identity, file_digest
 from weldfilm.io import stable_hash
 
 FORMAT_VERSION = 1
@@ -243,8 +243,7 @@ def stale_reason(path, spec: dict, sample_ids: list[str]) -> str | None:
         return "no readable sidecar"
     if sidecar.get("key") != kind_key(spec):
         return "its key does not match the config (other sizes or data)"
-    stat = path.stat()
-    if sidecar.get("data_bytes") != stat.st_size or sidecar.get("data_mtime_ns") != stat.st_mtime_ns:
+    if sidecar.get("data_digest") != file_digest(path):
         return "the data file is not the one its sidecar describes (a build was interrupted)"
     if sidecar.get("sample_ids") != list(sample_ids):
         return "its runs are not the split's runs (the manifest changed)"
@@ -418,11 +417,10 @@ def build_input_kind(cfg: dict, spec: dict, split: str, out_path, threads: int =
         finally:
             rows.close()
         rows.check_complete()
-    stat = out_path.stat()
     sidecar = {"format": FORMAT_VERSION, "key": kind_key(spec), "kind": kind_name(spec), "modality": modality,
                "split": split.lower(), "spec": spec, "sample_ids": dataset.sample_ids,
                "shape": list(np.load(out_path, mmap_mode="r").shape), "dtype": np.dtype(dtype).name,
-               "data_bytes": stat.st_size, "data_mtime_ns": stat.st_mtime_ns}
+               "data_digest": file_digest(out_path)}  # not the mtime: Snakemake sets its outputs' mtimes
     if modality == "post_weld_images":
         sidecar["num_images"] = num_images
     write_json(sidecar_file(out_path), sidecar)  # after the data file: a kill in between leaves no current pair
