@@ -34,7 +34,7 @@ from weldfilm.errors import ConfigError, DataError, WeldfilmError
 from weldfilm.feature_keys import CAUSAL_FILM_MODALITIES, cached_splits, data_identity, file_digest
 from weldfilm.io import stable_hash
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sidecars identify the data file by a digest (1: by mtime, which Snakemake resets)
 SPLITS = ("train", "val", "test")
 # WeldingDataset's preprocessing arguments (dataset_from_config takes them from ``preprocess`` or overrides)
 PREPROCESS_KEYS = ("video_frames", "frame_size", "image_size", "num_angles", "audio_type", "audio_sr",
