@@ -59,6 +59,7 @@ def _mlp_width(config) -> int:
     return int(config.hidden_size * ratio) if ratio is not None else config.intermediate_size
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BACKBONE_NAMES)
 def test_paper_config_matches_the_published_checkpoint(name):
     published = dict(PUBLISHED[name])

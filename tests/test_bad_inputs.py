@@ -244,6 +244,7 @@ def test_validate_reads_late_fusion_audio_too_and_names_the_short_run(tiny_data_
     assert method_audio_settings({**cfg, "methods": ["causal_film"]}) == {}  # read only when Late Fusion runs
 
 
+@pytest.mark.slow
 def test_fewer_photos_than_views_at_paper_shapes_is_a_recorded_choice(tiny_data_root, tmp_path):
     """2 photos for num_angles 5: the reader zero-pads and counts 2, validate records it; Causal-FiLM pools the
     2 real views (view_padding exclude) or all 5 (include, the authors' code); Dinomaly scores the 2 real

@@ -377,6 +377,7 @@ def test_cached_encoder_outputs_give_the_same_maps_as_the_encoder():
         assert torch.equal(head.anomaly_maps(batch)[0], head.anomaly_maps(cached)[0])
 
 
+@pytest.mark.slow
 def test_encoder_cache_once_per_split_shared_by_seeds_and_protocols_and_same_scores(dinomaly_run, monkeypatch):
     import json
 

@@ -64,6 +64,7 @@ def test_keys_follow_config_and_backbone_content(cfg, tmp_path):
     assert cache_key(moved) != before
 
 
+@pytest.mark.slow
 def test_cached_and_recomputed_features_give_the_same_scores(cfg):
     method = CausalFiLMMethod(cfg, cfg["results"] + "/run", torch.device("cpu"))
     method.fit()

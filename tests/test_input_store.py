@@ -198,6 +198,7 @@ def planned_inputs(output: str) -> set[tuple[str, str]]:
     return jobs
 
 
+@pytest.mark.slow
 def test_the_workflow_builds_each_kind_once_and_a_preprocessing_change_adds_only_its_kind(tmp_path, monkeypatch):
     """A real run of the `inputs` jobs on tiny data (results below tmp_path): every method's datasets then
     read the store (Snakemake resets its outputs' mtimes: the files must stay current); dry runs: nothing

@@ -14,8 +14,8 @@ import pytest
 
 from weldfilm import jobserver
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not hasattr(__import__("socket"), "send_fds"),
-                                reason="needs fork and SCM_RIGHTS")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not hasattr(os, "fork") or not hasattr(__import__("socket"), "send_fds"),
+                                                    reason="needs fork and SCM_RIGHTS")]
 
 JOB = """
 import os, sys, time

@@ -369,6 +369,7 @@ def test_paper_profile_pins_m3dm_sizes():
         M3DMFeatures(vit, small_point, 224, rgb_patch_size=16)
 
 
+@pytest.mark.slow
 def test_encoder_cache_is_built_once_per_split_shared_and_gives_the_live_scores(tiny_config, tmp_path, monkeypatch):
     """Issue 11 item 2: frozen encoder outputs once per split; RGB shared by every seed and protocol, point
     features by the runs of a seed; the scores equal those of running the encoders in the job."""

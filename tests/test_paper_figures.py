@@ -12,6 +12,8 @@ from weldfilm.paper.figures import build_figures, loss_term_columns, modality_fi
 from weldfilm.paper.results import ResultsReader
 
 
+pytestmark = pytest.mark.slow  # the module fixture renders every figure with matplotlib (~12 s)
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("paper_figures")

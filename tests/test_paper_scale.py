@@ -36,6 +36,8 @@ PRE = {"video_frames": 4, "frame_size": 32, "image_size": 64, "num_angles": 2, "
 SHAPES = {"frame_size": 32, "video_frames": 4, "image_size": 64, "mel_bins": 64, "audio_frames": 32}
 
 
+pytestmark = pytest.mark.slow  # paper-shape backbones and the cost model (~5-15 s each)
+
 def _sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return 4 * math.prod(query_shape[:-1]) * key_shape[-2] * query_shape[-1]  # Q K^T and A V
 

@@ -75,6 +75,7 @@ def planned_train_jobs(output: str) -> set[str]:
     return set(re.findall(r"^rule train_(\w+):$", output, re.MULTILINE))
 
 
+@pytest.mark.slow
 def test_changing_one_methods_setting_leaves_the_other_methods_runs_untouched(tmp_path):
     workdir = make_workdir(tmp_path, merge=TWO_METHODS)
     result = run_snakemake(workdir, "--cores", "2", *RUNS.values())

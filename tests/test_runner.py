@@ -29,6 +29,7 @@ def test_registry_and_normal_only_heuristic():
     assert normal_only_indices([0, 1, 1, 1], ["a/x-00", "good_weld/x-01", "b/NORMAL-03", "c/x-02"]) == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_writes_valid_outputs(cfg, tmp_path):
     run_dir = tmp_path / "run"
     metadata, metrics = train_and_score_both_ways(cfg, run_dir)  # the fitted object scores as a rebuilt one

@@ -45,6 +45,8 @@ def _config(results: Path, data_root: Path) -> dict:
     }))
 
 
+pytestmark = pytest.mark.slow  # the module fixture trains every method
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_data_root):
     """One short run of every method (evaluated on VAL and TEST) and held-out runs of another seed."""

@@ -43,6 +43,8 @@ def group_config(base, data_root, tmp_path_factory, **train) -> dict:
                   "early_stopping_patience": 0, **train}}))
 
 
+pytestmark = pytest.mark.slow  # each test trains or runs the workflow (~20 s)
+
 def run_dirs(base, members=MEMBERS):
     return [base / "runs" / (m["ablation"] or m["protocol"]) for m in members]
 

@@ -24,7 +24,7 @@ import yaml
 from test_workflow import SNAKEFILE, TINY_DATA, make_workdir, run_snakemake
 from weldfilm.config import REPO_ROOT
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 SLURM_SCRIPTS = REPO_ROOT / "tests" / "slurm"
 SLURM_DIR = Path(os.environ.get("WELDFILM_SLURM_DIR", "/tmp/weldfilm-slurm"))

@@ -91,6 +91,7 @@ def _digest(root: Path) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_deterministic_for_a_seed_and_independent_of_workers(tmp_path):
     first = generate(tmp_path / "a", seed=3, **SMALL)
     generate(tmp_path / "b", seed=3, **{**SMALL, "workers": 2})

@@ -91,6 +91,7 @@ SMALL = {"seeds": [3], "methods": ["causal_film", "m3dm"], "train": {"feature_ca
 SEPARATE_SCORING = {"workflow": {"evaluate_in_train_job": False}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("changes", [{}, SMALL, SEPARATE_SCORING], ids=["default", "small", "separate_scoring"])
 def test_dry_run_lists_every_job(tmp_path, changes):
     workdir = make_workdir(tmp_path, merge=changes, replace={"ablations": changes["ablations"]} if "ablations" in changes else {})
@@ -108,6 +109,7 @@ def test_bad_config_stops_with_the_key_named(tmp_path):
     assert "'trian'" in result.stdout  # the misspelt section is named too
 
 
+@pytest.mark.slow
 def test_missing_pretrained_backbones_stop_the_workflow(tmp_path):
     missing = str(tmp_path / "no-such-checkpoint")
     workdir = make_workdir(tmp_path / "work", merge={"backbones": {"source": "pretrained", "video": missing}})
@@ -132,6 +134,7 @@ def test_resume_only_with_checkpoints_of_the_same_config(tmp_path):
     assert resume_allowed(run_dir, "bbb")
 
 
+@pytest.mark.slow
 def test_data_part_end_to_end(tmp_path):
     workdir = make_workdir(tmp_path, merge=TINY_DATA)
     card = "results/data/card/counts.csv"
@@ -154,6 +157,7 @@ def test_data_part_end_to_end(tmp_path):
     assert not (data / "validation.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.workflow
 def test_full_default_workflow(tmp_path):
     """The CI's end-to-end test: the default config, every rule, into a temporary results folder, with
@@ -202,6 +206,7 @@ LOCKSTEP_GROUP = {"merge": {"protocols": {"paper_faithful": {"train.use_augmenta
                   "replace": {"ablations": {"no_film": {"causal_film.use_film": False}}}}
 
 
+@pytest.mark.slow
 def test_training_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
     """SIGKILL of the whole workflow during training, then `--rerun-incomplete`: each run of the train job
     continues from its last.pt (epoch count continues) and its scores equal those of a run that was never killed."""
