@@ -50,7 +50,7 @@ def timed(fn):
 
 
 def run(cfg: dict, root: Path) -> None:
-    from weldfilm.causal_film_method import CausalFiLMMethod
+    from weldfilm.methods.causal_film.method import CausalFiLMMethod
 
     device = torch.device("cpu")
     cached = CausalFiLMMethod(cfg, root / "run_cached", device)

@@ -228,7 +228,7 @@ def bench_backbones(cfg, device, quick, budget, log) -> tuple[list[dict], dict]:
 
 # ---------------------------------------------------------------------------------------------- mamba
 def bench_mamba(cfg, device, quick, log) -> dict:
-    from weldfilm.models.mamba import SelectiveScanMixer, make_mamba_mixer, scan_implementation
+    from weldfilm.methods.causal_film.mamba import SelectiveScanMixer, make_mamba_mixer, scan_implementation
 
     dim, length = cfg["causal_film"]["sensor_hidden_dim"], cfg["preprocess"]["sensor_length"]
     batch = 2 if quick else 32
@@ -307,7 +307,7 @@ def paper_features(batch: int, shapes: dict, cfg: dict, device: torch.device) ->
 def bench_causal_film(cfg, device, quick, token_shapes: dict, text_embedding, budget, log) -> list[dict]:
     import copy
 
-    from weldfilm.models.causal_film import CausalFiLMHead
+    from weldfilm.methods.causal_film.model import CausalFiLMHead
     from weldfilm.models.sizes import build_config
     from weldfilm.training.schedules import default_optimizer
 

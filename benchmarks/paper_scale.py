@@ -366,17 +366,17 @@ def store_read_bytes(run_cfgs: dict, m: Measured) -> None:
 def measure_loaders(cfg: dict, run_cfgs: dict, runs: int, m: Measured, prefix: str = "") -> None:
     """Samples/s of one worker for each method's datasets: decoding the files, or (``prefix`` 'store.',
     after ``measure_input_store``) reading the decoded-input store."""
-    from weldfilm.baselines.dinomaly import DinomalyMethod
-    from weldfilm.baselines.late_fusion import LateFusionMethod
-    from weldfilm.baselines.m3dm import M3DMMethod
-    from weldfilm.causal_film_method import CausalFiLMMethod
+    from weldfilm.methods.dinomaly.method import DinomalyMethod
+    from weldfilm.methods.late_fusion.method import LateFusionMethod
+    from weldfilm.methods.m3dm.method import M3DMMethod
+    from weldfilm.methods.causal_film.method import CausalFiLMMethod
 
     scratch = Path(cfg["results"]) / "scratch"
     cf = CausalFiLMMethod(run_cfgs["causal_film"], scratch / "cf", torch.device("cpu"))
     for augment in (False, True):
         data = cf.dataset("train", augment=augment)
         m.loader[f"{prefix}causal_film.aug_{'on' if augment else 'off'}"], _ = loader_rate(data, runs)
-    import weldfilm.causal_film_method as cf_module
+    import weldfilm.methods.causal_film.method as cf_module
 
     if hasattr(cf_module, "DecodedOnce") and not prefix:  # train.cache_inputs: decoded once, augmented afresh every epoch
         data = cf.dataset("train", augment=True)
@@ -413,9 +413,9 @@ def measure_loaders(cfg: dict, run_cfgs: dict, runs: int, m: Measured, prefix: s
 def measure_causal_film(cfg: dict, source: BackboneSource, cf_run_cfgs: list, runs: int, m: Measured) -> None:
     """The four backbones through FrozenBackbones (one at a time), then every Causal-FiLM head variant."""
     from weldfilm.data.dataset import collate_batch
-    from weldfilm.methods import get_method
+    from weldfilm.methods.base import get_method
     from weldfilm.models.backbones import FrozenBackbones
-    from weldfilm.models.causal_film import CausalFiLMHead
+    from weldfilm.methods.causal_film.model import CausalFiLMHead
 
     base = cf_run_cfgs[0]
     method = get_method("causal_film")(base, Path(cfg["results"]) / "scratch" / "cf", torch.device("cpu"))
@@ -528,7 +528,7 @@ def head_key(run_cfg: dict) -> str:
 
 
 def measure_late_fusion(run_cfg: dict, runs: int, m: Measured) -> None:
-    from weldfilm.baselines.late_fusion import LateFusionMethod
+    from weldfilm.methods.late_fusion.method import LateFusionMethod
     from weldfilm.data.dataset import collate_batch
 
     method = LateFusionMethod(run_cfg, Path(run_cfg["results"]) / "scratch" / "lf", torch.device("cpu"))
@@ -558,9 +558,9 @@ def measure_late_fusion(run_cfg: dict, runs: int, m: Measured) -> None:
 
 def measure_m3dm(run_cfg: dict, source: BackboneSource, runs: int, m: Measured) -> None:
     """M3DM's own extractor and batches (load_pretrained answered from memory), its bank, coreset and scoring."""
-    from weldfilm.baselines.m3dm import MODALITY_KEYS, M3DMMethod
-    from weldfilm.baselines.m3dm_bank import PatchBank, reweighted_score
-    from weldfilm.baselines.m3dm_coreset import coreset_indices, projection_dim
+    from weldfilm.methods.m3dm.method import MODALITY_KEYS, M3DMMethod
+    from weldfilm.methods.m3dm.bank import PatchBank, reweighted_score
+    from weldfilm.methods.m3dm.coreset import coreset_indices, projection_dim
 
     run_cfg = copy.deepcopy(run_cfg)
     if "encoder_cache" in run_cfg["m3dm"]:  # measure the extractor itself (the cost model applies the cache)
@@ -631,7 +631,7 @@ def measure_m3dm(run_cfg: dict, source: BackboneSource, runs: int, m: Measured) 
 
 def measure_dinomaly(run_cfg: dict, source: BackboneSource, runs: int, m: Measured) -> None:
     """Dinomaly's own head (frozen encoder + trainable part) on its own loader's batches."""
-    from weldfilm.baselines.dinomaly import DinomalyMethod
+    from weldfilm.methods.dinomaly.method import DinomalyMethod
 
     method = DinomalyMethod(run_cfg, Path(run_cfg["results"]) / "scratch" / "din", torch.device("cpu"))
     with PeakRss() as peak:
@@ -757,10 +757,11 @@ class Job:
     disk: dict = field(default_factory=dict)   # stage -> bytes
     group: str | None = None                   # the workflow job it belongs to (one per method and seed)
     gpu: bool = True                           # False: a CPU job (the input store) that never holds the GPU
+    counted: bool = True                       # False: work done inside another job (an encoder-cache build)
 
 
 def selection_split(method_name: str, run_cfg: dict):
-    from weldfilm.methods import get_method
+    from weldfilm.methods.base import get_method
 
     return get_method(method_name)(run_cfg, Path(run_cfg["results"]) / "scratch" / "sel", torch.device("cpu")).selection_split
 
@@ -821,7 +822,7 @@ def causal_film_jobs(cfg, runs, m: Measured, splits: dict, a) -> list[Job]:
     (``weldfilm.run_keys.train_stream_key``: same augmented inputs, order and batches) share one
     frozen-backbone pass and one load per batch, and each adds only its head's cost.
     """
-    from weldfilm.causal_film_method import CausalFiLMMethod
+    from weldfilm.methods.causal_film.method import CausalFiLMMethod
     from weldfilm.feature_keys import feature_dir_key
 
     bb = sum(m.backbones[n]["gflop_per_sample"] for n in ("vjepa2", "ast", "dinov3")) * 1e9
@@ -997,7 +998,7 @@ def m3dm_jobs(cfg, runs, m: Measured, splits: dict, a) -> list[Job]:
         jobs.append(Job(f"m3dm encoder cache {split} {point_key}",
                         [Pass("m3dm.extract", extract(r, n), n, loader_key(r, "m3dm"))], 0.0,
                         loader_workers(r, train_rule("m3dm")), m.sizes["import_rss"] + m.sizes["m3dm.param_bytes"],
-                        {"m3dm.extract": n * width}, group=f"m3dm seed{r['run']['seed']}"))
+                        {"m3dm.extract": n * width}, group=f"m3dm seed{r['run']['seed']}", counted=False))
     return jobs
 
 
@@ -1058,7 +1059,8 @@ def dinomaly_jobs(cfg, runs, m: Measured, splits: dict, a) -> list[Job]:
                               loader_key(r, "dinomaly"))],
                         0.0, loader_workers(r, train_rule("dinomaly")),
                         m.sizes["import_rss"] + m.sizes["dinomaly.param_bytes"],
-                        {"dinomaly.encode": n * per_run}, group=f"dinomaly seed{r['run']['seed']}"))
+                        {"dinomaly.encode": n * per_run}, group=f"dinomaly seed{r['run']['seed']}",
+                        counted=False))
     return jobs
 
 
@@ -1076,7 +1078,7 @@ def grouped(jobs: list[Job], per_run: bool) -> list[Job]:
             out.append(job)
             continue
         if job.group not in groups:
-            groups[job.group] = Job(job.group, [], 0.0, job.workers, 0.0, {}, group=job.group)
+            groups[job.group] = Job(job.group, [], 0.0, job.workers, 0.0, {}, group=job.group, counted=True)
             out.append(groups[job.group])
         g = groups[job.group]
         g.passes += job.passes
@@ -1125,7 +1127,8 @@ def project_dag(cfg: dict, m: Measured, a) -> dict:
     for st in stages.values():
         st["jobs"] = len(st["jobs"])
         st["precision"] = "+".join(sorted(st["precision"])) or "—"
-    counts = {"runs": len(runs), "jobs": sum(job.gpu for job in jobs), "cpu_jobs": sum(not job.gpu for job in jobs),
+    counts = {"runs": len(runs), "jobs": sum(job.gpu and job.counted for job in jobs),
+              "cpu_jobs": sum(not job.gpu for job in jobs),
               "per_method": {meth: sum(s["method"] == meth and not s["ablation"] for s, _ in runs)
                              for meth in cfg["methods"]},
               "ablation_runs": sum(bool(s["ablation"]) for s, _ in runs),
@@ -1329,6 +1332,8 @@ def markdown(result: dict, baseline: dict | list | None) -> str:
             lines.append(f"| {item.get('label') or item['command']} | {item['counts']['jobs']} | {item['total_pflop']:,.0f} | "
                          f"{item['total_gpu_hours_compute']:,.2f} | {item['total_gpu_hours_held']:,.2f} | "
                          f"{item.get('total_cpu_job_hours', 0.0):,.2f} |")
+        lines += ["", "Each row re-projects the same measurement: " + "; ".join(
+            f"`{item['command'].split('` then `')[-1]}`" for item in [*baselines, result]) + "."]
     lines += ["", "## Measured on this machine", "",
               "| loader (one worker: decoding the files, `store.` reading the input store, `inputs.` filling it) | samples/s |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in result["loader_samples_per_s_per_worker"].items()]
@@ -1425,7 +1430,9 @@ def parse_args(argv=None):
     args.duration_s = args.duration_s or (1.0 if args.quick else 10.0)
     args.video_size = args.video_size or (64 if args.quick else 256)
     args.photo_size = args.photo_size or (256 if args.quick else 1024)
-    args.command = "python benchmarks/paper_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    import shlex
+
+    args.command = "python benchmarks/paper_scale.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     return args
 
 

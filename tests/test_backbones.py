@@ -95,7 +95,7 @@ def test_image_tokens_are_the_configured_hidden_states(backbones):
 
 
 def test_features_feed_the_causal_film_head(tiny_dir, backbones):
-    from weldfilm.models.causal_film import CausalFiLMHead
+    from weldfilm.methods.causal_film.model import CausalFiLMHead
 
     cfg = config_for(tiny_dir)
     embedding = backbones.text_embedding(cfg["loss"]["text_prompt"])

@@ -252,8 +252,8 @@ def test_fewer_photos_than_views_at_paper_shapes_is_a_recorded_choice(tiny_data_
     import torch
 
     from weldfilm.data.validate import validate_runs
-    from weldfilm.models.causal_film import CausalFiLMModel
-    from weldfilm.models.encoders import view_mask
+    from weldfilm.methods.causal_film.model import CausalFiLMModel
+    from weldfilm.methods.causal_film.encoders import view_mask
 
     cfg = paper_shapes_config()
     pre = cfg["preprocess"]
@@ -287,7 +287,7 @@ def test_fewer_photos_than_views_at_paper_shapes_is_a_recorded_choice(tiny_data_
         view_mask(torch.tensor([0, 5]), pre["num_angles"], [subdir, "other"])
 
     # Dinomaly at 448 -> 392 px with the paper's layer groups: only the 2 real photos are samples
-    from weldfilm.baselines.dinomaly import DinomalyTrainable
+    from weldfilm.methods.dinomaly.method import DinomalyTrainable
     from weldfilm.models.sizes import build_random_backbone
 
     section = cfg["dinomaly"]

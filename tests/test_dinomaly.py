@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from weldfilm.baselines.dinomaly_model import (DEFAULT_RUN_AGGREGATION, BottleneckMLP, DinomalyHead, LinearAttention,
+from weldfilm.methods.dinomaly.model import (DEFAULT_RUN_AGGREGATION, BottleneckMLP, DinomalyHead, LinearAttention,
                                                anomaly_map, default_layer_groups, elu_feature_map,
                                                global_cosine_hard_mining, image_scores)
-from weldfilm.baselines.maps import gaussian_blur, gaussian_kernel_1d
-from weldfilm.baselines.optim import StableAdamW
+from weldfilm.metrics.maps import gaussian_blur, gaussian_kernel_1d
+from weldfilm.training.optim import StableAdamW
 from weldfilm.errors import ConfigError, DataError
 
 
@@ -324,7 +324,7 @@ def dinomaly_run(tiny_config, tmp_path):
 def test_train_and_evaluate_on_the_tiny_synthetic_set(dinomaly_run):
     import pandas as pd
 
-    from weldfilm.baselines.dinomaly import DinomalyMethod
+    from weldfilm.methods.dinomaly.method import DinomalyMethod
     from training_helpers import train_and_score_both_ways
 
     from weldfilm.evaluation import SCORE_COLUMNS
@@ -383,8 +383,8 @@ def test_encoder_cache_once_per_split_shared_by_seeds_and_protocols_and_same_sco
 
     import pandas as pd
 
-    from weldfilm.baselines import dinomaly_cache
-    from weldfilm.baselines.dinomaly import DinomalyMethod
+    from weldfilm.methods.dinomaly import cache as dinomaly_cache
+    from weldfilm.methods.dinomaly.method import DinomalyMethod
     from weldfilm.errors import CheckpointError
     from weldfilm.runner import build_method, fit_run
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from training_helpers import ready_config
 
-from weldfilm.causal_film_method import CausalFiLMMethod
+from weldfilm.methods.causal_film.method import CausalFiLMMethod
 from weldfilm.errors import CheckpointError
 from weldfilm.features import (FeatureDataset, build_feature_cache, cache_file, cache_key, feature_dir_key,
                                feature_loader, sidecar_of)

@@ -13,7 +13,7 @@ import yaml
 
 from paper_fakes import tiny_config, write_results
 from weldfilm.config import DEFAULT_CONFIG, METHODS, SCHEMA_PATH, load_config, load_yaml, prepare, run_config, validate
-from weldfilm.methods import get_method
+from weldfilm.methods.base import get_method
 from weldfilm.paper import TABLE_NAMES
 from weldfilm.paper.deviations import (ADAPTED, AUTHORS, EFFECTIVE, FLAW, INTENDED, KINDS, METHOD, NOT_RECORDED,
                                        SCALE, deviation_rows, recorded_value, same_value)
@@ -111,7 +111,7 @@ def test_registry_rows_name_real_settings():
 
 # ------------------------------------------------------------------------------ decoder keys
 def test_decoder_keys_reach_the_module_through_the_method(tmp_path):
-    from weldfilm.causal_film_method import CausalFiLMMethod
+    from weldfilm.methods.causal_film.method import CausalFiLMMethod
 
     def decoder_of(overrides):
         cfg = run_config(load_config(overrides=overrides), "causal_film", 0, "fair")
@@ -254,7 +254,7 @@ def test_deviations_table_is_built_with_the_paper_tables(tmp_path):
 def test_augmented_train_runs_are_decoded_once_and_augmented_as_before(tiny_config, tmp_path):
     """paper_faithful augments Causal-FiLM's TRAIN runs (no feature cache): with train.cache_inputs each run's
     files are decoded once and every epoch draws the same augmented sample as decoding afresh would."""
-    from weldfilm.causal_film_method import CausalFiLMMethod, DecodedOnce
+    from weldfilm.methods.causal_film.method import CausalFiLMMethod, DecodedOnce
     from weldfilm.data.manifest import build_manifest
 
     build_manifest(tiny_config["data"]["root"], f"{tiny_config['results']}/data/manifest.csv")

@@ -16,7 +16,7 @@ from weldfilm.config import run_config
 from weldfilm.data import store
 from weldfilm.data.dataset import dataset_from_config
 from weldfilm.errors import DataError
-from weldfilm.methods import make_loader
+from weldfilm.methods.base import make_loader
 
 MODALITIES = ("video", "post_weld_images", "audio", "sensor")
 
@@ -154,7 +154,7 @@ def test_dataloader_workers_read_the_store(cfg):
 
 
 def test_num_workers_auto_is_the_jobs_threads_minus_one(monkeypatch):
-    from weldfilm.methods import resolve_num_workers
+    from weldfilm.methods.base import resolve_num_workers
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     assert resolve_num_workers("auto") == 7 and resolve_num_workers(3) == 3
@@ -173,9 +173,9 @@ def test_each_run_reads_what_its_method_opens(cfg):
     assert len(store.run_input_kinds(faithful)["train"]) == 4
     late = names(store.run_input_kinds(run_config(cfg, "late_fusion", 0, "fair")))
     assert set(late) == {"train", "val", "test"} and [n.split("_")[0] for n in late["train"]] == ["stft", "video"]
-    from weldfilm.baselines.dinomaly import DinomalyMethod
-    from weldfilm.baselines.late_fusion import LateFusionMethod
-    from weldfilm.baselines.m3dm import M3DMMethod
+    from weldfilm.methods.dinomaly.method import DinomalyMethod
+    from weldfilm.methods.late_fusion.method import LateFusionMethod
+    from weldfilm.methods.m3dm.method import M3DMMethod
 
     for cls, method in ((DinomalyMethod, "dinomaly"), (M3DMMethod, "m3dm")):
         run = run_config(cfg, method, 0, "fair")

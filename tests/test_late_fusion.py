@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from weldfilm.baselines.late_fusion_models import (AudioAutoEncoder, VideoAutoEncoder, fuse_scores,
+from weldfilm.methods.late_fusion.model import (AudioAutoEncoder, VideoAutoEncoder, fuse_scores,
                                                    moving_average_max, search_fusion_weight, zscore_stats)
 from weldfilm.errors import ConfigError, DataError
 
@@ -94,11 +94,11 @@ def late_fusion_run(tiny_config, tmp_path):
 def test_train_and_evaluate_on_the_tiny_synthetic_set(late_fusion_run):
     import pandas as pd
 
-    from weldfilm.baselines.late_fusion import LateFusionMethod
+    from weldfilm.methods.late_fusion.method import LateFusionMethod
     from weldfilm.evaluation import SCORE_COLUMNS, evaluate_run
     from training_helpers import train_and_score_both_ways
 
-    from weldfilm.baselines.late_fusion import SPLIT_RESULTS
+    from weldfilm.methods.late_fusion.method import SPLIT_RESULTS
     from weldfilm.io import read_json
 
     make, run_dir = late_fusion_run
@@ -140,7 +140,7 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(late_fusion_run):
 
 
 def test_weight_search_is_recorded_with_its_split(late_fusion_run):
-    from weldfilm.baselines.late_fusion import LateFusionMethod
+    from weldfilm.methods.late_fusion.method import LateFusionMethod
     from weldfilm.io import read_json
 
     make, run_dir = late_fusion_run
@@ -153,7 +153,7 @@ def test_weight_search_is_recorded_with_its_split(late_fusion_run):
 
 
 def test_fair_protocol_refuses_test_selection(late_fusion_run):
-    from weldfilm.baselines.late_fusion import LateFusionMethod
+    from weldfilm.methods.late_fusion.method import LateFusionMethod
 
     make, run_dir = late_fusion_run
     cfg = make()
@@ -163,7 +163,7 @@ def test_fair_protocol_refuses_test_selection(late_fusion_run):
 
 
 def test_heads_start_from_the_run_seed_whatever_the_global_rng(late_fusion_run):
-    from weldfilm.baselines.late_fusion import LateFusionMethod
+    from weldfilm.methods.late_fusion.method import LateFusionMethod
 
     make, run_dir = late_fusion_run
     method = LateFusionMethod(make(), run_dir, torch.device("cpu"))
@@ -189,7 +189,7 @@ def test_numpy_stft_matches_librosa():
 
 
 def test_split_result_memo_recomputes_after_a_refit_or_another_config(tmp_path):
-    from weldfilm.baselines.common import SplitResultMemo
+    from weldfilm.methods.base import SplitResultMemo
 
     memo, calls = SplitResultMemo(), []
     fitted = tmp_path / "checkpoints" / "best.pt"
@@ -215,7 +215,7 @@ def test_paper_profile_sizes_reach_the_late_fusion_heads():
     profile through the heads the method builds, not retyped."""
     import yaml
 
-    from weldfilm.baselines.late_fusion import AudioHead, VideoHead
+    from weldfilm.methods.late_fusion.method import AudioHead, VideoHead
     from weldfilm.config import DEFAULT_CONFIG, prepare
 
     section = prepare({**yaml.safe_load(DEFAULT_CONFIG.read_text()), "profile": "paper"})["late_fusion"]

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from weldfilm.baselines.m3dm_bank import DecisionFuser, PatchBank, distance_maps, reweighted_score
-from weldfilm.baselines.maps import gaussian_blur
-from weldfilm.baselines.m3dm_coreset import coreset_indices, farthest_point_sample, greedy_farthest_selection
-from weldfilm.baselines.m3dm_point import (PointTransformer, features_on_patch_grid, interpolate_to_points, knn_group,
+from weldfilm.methods.m3dm.bank import DecisionFuser, PatchBank, distance_maps, reweighted_score
+from weldfilm.metrics.maps import gaussian_blur
+from weldfilm.methods.m3dm.coreset import coreset_indices, farthest_point_sample, greedy_farthest_selection
+from weldfilm.methods.m3dm.point import (PointTransformer, features_on_patch_grid, interpolate_to_points, knn_group,
                                            load_point_mae_checkpoint, pseudo_point_cloud)
 from weldfilm.errors import BackboneError, ConfigError
 
@@ -200,7 +200,7 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(m3dm_run):
     import pandas as pd
     from safetensors.torch import load_file
 
-    from weldfilm.baselines.m3dm import SPLIT_RESULTS, M3DMMethod
+    from weldfilm.methods.m3dm.method import SPLIT_RESULTS, M3DMMethod
     from training_helpers import train_and_score_both_ways
 
     from weldfilm.io import read_json
@@ -238,7 +238,7 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(m3dm_run):
 
 
 def test_leave_one_run_out_hides_the_runs_own_bank_entries(m3dm_run):
-    from weldfilm.baselines.m3dm import M3DMMethod
+    from weldfilm.methods.m3dm.method import M3DMMethod
 
     cfg, run_dir = m3dm_run
     cfg["m3dm"].update(f_coreset=1.0, max_train_samples=4)  # the bank keeps every patch, run 0's first
@@ -257,7 +257,7 @@ def test_leave_one_run_out_hides_the_runs_own_bank_entries(m3dm_run):
 def test_feature_extractor_aligns_rgb_and_point_patches_and_optional_final_norm():
     from transformers import ViTConfig, ViTModel
 
-    from weldfilm.baselines.m3dm import M3DMFeatures
+    from weldfilm.methods.m3dm.method import M3DMFeatures
 
     torch.manual_seed(0)
     vit = ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
@@ -284,7 +284,7 @@ def test_leak_guard_banks_and_fusers_see_only_good_train_runs(tiny_config, tmp_p
     """
     from pathlib import Path
 
-    from weldfilm.baselines import m3dm
+    from weldfilm.methods.m3dm import method as m3dm
     from weldfilm.data.manifest import read_manifest
     from weldfilm.io import read_json
 
@@ -338,7 +338,7 @@ def test_paper_profile_pins_m3dm_sizes():
     import yaml
     from transformers import ViTConfig, ViTModel
 
-    from weldfilm.baselines.m3dm import M3DMFeatures
+    from weldfilm.methods.m3dm.method import M3DMFeatures
     from weldfilm.config import DEFAULT_CONFIG, prepare
 
     paper = prepare({**yaml.safe_load(DEFAULT_CONFIG.read_text()), "profile": "paper"})["m3dm"]
@@ -377,7 +377,7 @@ def test_encoder_cache_is_built_once_per_split_shared_and_gives_the_live_scores(
     import json
     import shutil
 
-    from weldfilm.baselines import m3dm, m3dm_cache
+    from weldfilm.methods.m3dm import cache as m3dm_cache, method as m3dm
 
     extracted = []
     original_extract = m3dm.M3DMMethod._extract
@@ -445,7 +445,7 @@ def test_encoder_cache_folders_follow_the_synthetic_settings_and_the_backbone_pr
     bf16 RGB features differ from fp32 ones; the point features do not pass through the ViT."""
     import copy
 
-    from weldfilm.baselines import m3dm_cache
+    from weldfilm.methods.m3dm import cache as m3dm_cache
     from weldfilm.config import load_config, run_config
 
     base = run_config(load_config(), "m3dm", 0)

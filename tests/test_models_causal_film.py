@@ -9,9 +9,9 @@ import torch
 
 from weldfilm.config import validate
 from weldfilm.errors import ConfigError, DataError
-from weldfilm.models.causal_film import CausalFiLMHead, CausalFiLMModel
-from weldfilm.models.encoders import GeM, RobustResultEncoder, pool_views, view_mask
-from weldfilm.models.losses import CausalFiLMLoss, compute_anomaly_score, gram_matrix
+from weldfilm.methods.causal_film.model import CausalFiLMHead, CausalFiLMModel
+from weldfilm.methods.causal_film.encoders import GeM, RobustResultEncoder, pool_views, view_mask
+from weldfilm.methods.causal_film.losses import CausalFiLMLoss, compute_anomaly_score, gram_matrix
 
 DIMS = {"video": 12, "audio": 10, "image": 8, "clip": 6, "image_prefix_tokens": 3, "sensor": 6}
 B, LV, LA, N, L, TS = 3, 5, 4, 4, 7, 16

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from weldfilm.models.film import SensorModulator, film
-from weldfilm.models.mamba import MambaBlock, scan_implementation
+from weldfilm.methods.causal_film.film import SensorModulator, film
+from weldfilm.methods.causal_film.mamba import MambaBlock, scan_implementation
 
 
 def reference_mamba(mixer, x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +87,7 @@ def test_film_broadcasts_over_tokens():
 
 def test_cpu_mixer_equals_transformers_mambamixer_on_the_same_weights():
     """The plain-torch CPU mixer is a drop-in for transformers' MambaMixer (use_mambapy): same keys, same output."""
-    from weldfilm.models.mamba import SelectiveScanMixer, make_mamba_mixer
+    from weldfilm.methods.causal_film.mamba import SelectiveScanMixer, make_mamba_mixer
 
     torch.manual_seed(1)
     reference = make_mamba_mixer(8).eval()

@@ -94,9 +94,9 @@ def test_backbone_flops_match_independent_counts(frozen):
 
 
 def test_m3dm_and_dinomaly_encoder_flops_match_independent_counts():
-    from weldfilm.baselines.dinomaly import DinomalyTrainable
-    from weldfilm.baselines.m3dm import M3DMFeatures
-    from weldfilm.baselines.m3dm_point import PointTransformer
+    from weldfilm.methods.dinomaly.method import DinomalyTrainable
+    from weldfilm.methods.m3dm.method import M3DMFeatures
+    from weldfilm.methods.m3dm.point import PointTransformer
 
     torch.manual_seed(0)
     rgb = build_random_backbone("dino_vitb8", "paper_shapes")

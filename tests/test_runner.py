@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 from training_helpers import ready_config, train_and_score_both_ways
 
-from weldfilm.causal_film_method import CausalFiLMMethod
+from weldfilm.methods.causal_film.method import CausalFiLMMethod
 from weldfilm.cli import main
 from weldfilm.errors import CheckpointError, ConfigError
 from weldfilm.evaluation import SCORE_COLUMNS, evaluate_run
-from weldfilm.methods import REGISTRY, Method, get_method, normal_only_indices
+from weldfilm.methods.base import REGISTRY, Method, get_method, normal_only_indices
 from weldfilm.runner import train_run
 
 

@@ -14,7 +14,7 @@ import yaml
 from conftest import TINY_PREPROCESS, TINY_SYNTHETIC
 from training_helpers import BACKBONE_DIRS, shared_inputs
 
-from weldfilm.causal_film_method import CausalFiLMMethod
+from weldfilm.methods.causal_film.method import CausalFiLMMethod
 from weldfilm.config import DEFAULT_CONFIG, deep_merge, prepare
 from weldfilm.models.backbones import FrozenBackbones
 from weldfilm.run_keys import train_stream_key

@@ -47,7 +47,7 @@ def labelled_scores(cfg: dict, scores: pd.DataFrame, split: str) -> pd.DataFrame
 
 def load_trained_method(run_dir):
     """The method of a trained run, rebuilt from its ``metadata.json`` (config, feature cache)."""
-    from weldfilm.methods import get_method
+    from weldfilm.methods.base import get_method
 
     metadata = read_json(Path(run_dir) / METADATA, "run metadata")
     cfg = metadata["config"]

@@ -113,7 +113,7 @@ def build_feature_cache(cfg: dict, split: str, out_path, backbones=None, device=
     Each batch's features are written into the file as they are computed (``StreamingSafetensors``):
     the build's memory does not grow with the split.
     """
-    from weldfilm.methods import make_loader, resolve_device
+    from weldfilm.methods.base import make_loader, resolve_device
     from weldfilm.training.precision import configure_precision
 
     out_path = Path(out_path)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from weldfilm.errors import ConfigError
 from weldfilm.io import provenance, read_json, write_json
-from weldfilm.methods import get_method, resolve_device
+from weldfilm.methods.base import get_method, resolve_device
 from weldfilm.training.precision import precision_record, precision_text
 
 METADATA = "metadata.json"

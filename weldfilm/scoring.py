@@ -241,7 +241,7 @@ def _explain_dinomaly(method, cfg, root, runs, maps_dir):
 
 
 def _explain_late_fusion(method, cfg, root, runs):
-    from weldfilm.baselines.late_fusion import BRANCHES
+    from weldfilm.methods.late_fusion.method import BRANCHES
 
     datasets = {b: input_dataset(cfg, root, runs, **method.input_overrides(b)) for b in BRANCHES}
     result = method.score_inputs(datasets)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weldfilm.baselines.maps import BLUR_PADDINGS, gaussian_blur
+from weldfilm.metrics.maps import BLUR_PADDINGS, gaussian_blur
 from weldfilm.errors import ConfigError, DataError
 from weldfilm.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from weldfilm.training.precision import as_fp32, backbone_autocast

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from weldfilm.baselines.common import MemoryCachedDataset, SplitResultMemo, fair_selection_split
-from weldfilm.baselines.late_fusion_models import (AudioAutoEncoder, VideoAutoEncoder, fuse_scores,
+from weldfilm.methods.base import MemoryCachedDataset, SplitResultMemo, fair_selection_split
+from weldfilm.methods.late_fusion.model import (AudioAutoEncoder, VideoAutoEncoder, fuse_scores,
                                                    search_fusion_weight, zscore_stats)
 from weldfilm.data.store import late_fusion_arguments
 from weldfilm.io import read_json, write_json
-from weldfilm.methods import Method, normal_only_subset, scores_frame
+from weldfilm.methods.base import Method, normal_only_subset, scores_frame
 from weldfilm.training import load_selected_weights, score_loader
 
 BRANCHES = ("audio", "video")

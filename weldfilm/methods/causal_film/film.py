@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from weldfilm.models.mamba import MambaBlock
+from weldfilm.methods.causal_film.mamba import MambaBlock
 
 SENSOR_ENCODERS = ("mamba", "gru")
 

@@ -39,16 +39,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weldfilm.baselines import m3dm_cache
-from weldfilm.baselines.common import SplitResultMemo
-from weldfilm.baselines.m3dm_bank import DecisionFuser, PatchBank, distance_maps, reweighted_score
-from weldfilm.baselines.m3dm_point import (PointTransformer, features_on_patch_grid, load_point_mae_checkpoint,
+from weldfilm.methods.m3dm import cache as m3dm_cache
+from weldfilm.methods.base import SplitResultMemo
+from weldfilm.methods.m3dm.bank import DecisionFuser, PatchBank, distance_maps, reweighted_score
+from weldfilm.methods.m3dm.point import (PointTransformer, features_on_patch_grid, load_point_mae_checkpoint,
                                            pseudo_point_cloud)
 from weldfilm.data.layout import run_ref
 from weldfilm.data.readers import read_sensor_table
 from weldfilm.errors import BackboneError, CheckpointError, ConfigError, data_error
 from weldfilm.io import atomic_path, read_json, write_json
-from weldfilm.methods import Method, normal_only_indices, scores_frame
+from weldfilm.methods.base import Method, normal_only_indices, scores_frame
 from weldfilm.npy_store import NpyWriter, build_lock
 from weldfilm.training.precision import as_fp32, backbone_autocast
 from weldfilm.training.progress import progress

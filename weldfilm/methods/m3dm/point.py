@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weldfilm.baselines.m3dm_coreset import farthest_point_sample
+from weldfilm.methods.m3dm.coreset import farthest_point_sample
 from weldfilm.data.readers import resample_channels
 from weldfilm.errors import BackboneError
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from weldfilm.baselines.m3dm_coreset import coreset_indices
-from weldfilm.baselines.maps import gaussian_blur
+from weldfilm.methods.m3dm.coreset import coreset_indices
+from weldfilm.metrics.maps import gaussian_blur
 from weldfilm.errors import CheckpointError
 
 

@@ -16,7 +16,7 @@ import torch
 from weldfilm.feature_keys import cached_splits
 from weldfilm.features import (CAUSAL_FILM_MODALITIES, FeatureDataset, build_feature_cache, cache_file, cache_is_current,
                                cache_key, default_feature_dir, feature_loader)
-from weldfilm.methods import Method, make_loader, normal_only_indices, scores_frame
+from weldfilm.methods.base import Method, make_loader, normal_only_indices, scores_frame
 from weldfilm.training import load_selected_weights, score_loader, seed_everything
 from weldfilm.training.trainer import fit_members
 
@@ -128,7 +128,7 @@ class CausalFiLMMethod(Method):
         return self._meta
 
     def build_head(self):
-        from weldfilm.models.causal_film import CausalFiLMHead
+        from weldfilm.methods.causal_film.model import CausalFiLMHead
 
         meta = self.meta()
         text = meta["text_embedding"] if self.cfg["loss"].get("lambda_text", 0.0) > 0 else None
@@ -239,9 +239,9 @@ class CausalFiLMMethod(Method):
         ``saliency``: per view ``(side, side)`` maps of |d score / d DINOv3 patch tokens| (L2 over
         channels, summed over the two result layers; prefix tokens dropped). No weight changes.
         """
-        from weldfilm.models.encoders import view_mask
-        from weldfilm.models.film import identity_film_parameters
-        from weldfilm.models.losses import compute_anomaly_score
+        from weldfilm.methods.causal_film.encoders import view_mask
+        from weldfilm.methods.causal_film.film import identity_film_parameters
+        from weldfilm.methods.causal_film.losses import compute_anomaly_score
         from weldfilm.training.progress import progress
 
         head = self.selected_head().eval()

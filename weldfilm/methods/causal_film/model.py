@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from weldfilm.errors import ConfigError
-from weldfilm.models.decoder import AntiGenDecoder
-from weldfilm.models.encoders import FeatureProjector, ProcessEncoder, RobustResultEncoder, pool_views, view_mask
-from weldfilm.models.film import SensorModulator, film, identity_film_parameters
-from weldfilm.models.losses import CausalFiLMLoss, compute_anomaly_score
-from weldfilm.models.mamba import scan_implementation
+from weldfilm.methods.causal_film.decoder import AntiGenDecoder
+from weldfilm.methods.causal_film.encoders import FeatureProjector, ProcessEncoder, RobustResultEncoder, pool_views, view_mask
+from weldfilm.methods.causal_film.film import SensorModulator, film, identity_film_parameters
+from weldfilm.methods.causal_film.losses import CausalFiLMLoss, compute_anomaly_score
+from weldfilm.methods.causal_film.mamba import scan_implementation
 
 MODEL_KEYS = ("d_model", "sensor_hidden_dim", "sensor_encoder", "use_film", "use_sensor", "process_branch",
               "result_pooling", "view_pooling", "top_k_ratio", "projector_hidden", "feature_noise",

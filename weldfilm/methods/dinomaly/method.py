@@ -7,7 +7,7 @@ with StableAdamW, a per-iteration warm-up + cosine schedule and gradient clippin
 is the max (or top-ratio mean) of its blurred ``1 - cos`` map (5 x 5 Gaussian, sigma 4); a run's
 score is the mean (default) or max (``dinomaly.run_aggregation``) over its images' scores.
 The frozen encoder's outputs of each split are computed once and shared by every seed and protocol
-(``dinomaly.encoder_cache``, ``weldfilm.baselines.dinomaly_cache``): training and the per-epoch VAL
+(``dinomaly.encoder_cache``, ``weldfilm.methods.dinomaly.cache``): training and the per-epoch VAL
 selection read them instead of re-encoding the images.
 """
 
@@ -16,10 +16,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from weldfilm.baselines.dinomaly_model import DinomalyHead, default_layer_groups
-from weldfilm.baselines.optim import StableAdamW
-from weldfilm.baselines.common import MemoryCachedDataset, fair_selection_split
-from weldfilm.methods import Method, normal_only_subset, scores_frame
+from weldfilm.methods.dinomaly.model import DinomalyHead, default_layer_groups
+from weldfilm.training.optim import StableAdamW
+from weldfilm.methods.base import MemoryCachedDataset, fair_selection_split
+from weldfilm.methods.base import Method, normal_only_subset, scores_frame
 from weldfilm.npy_store import build_lock
 from weldfilm.training import (autocast_context, load_selected_weights, move_to_device, seed_everything,
                                warmup_cosine_scheduler)
@@ -88,7 +88,7 @@ class DinomalyMethod(Method):
     def _encoded(self, split: str):
         """The split's frozen-encoder outputs from the shared cache (``dinomaly.encoder_cache``), built
         first (once, under a lock) when absent or stale."""
-        from weldfilm.baselines import dinomaly_cache as cache
+        from weldfilm.methods.dinomaly import cache
 
         paths, key = cache.cache_paths(self.cfg, split), cache.cache_key(self.cfg)
         with build_lock(paths["tokens"]):

@@ -1,0 +1,1 @@
+"""The causal_film method: see weldfilm/methods/__init__.py."""

@@ -1,0 +1,1 @@
+"""The dinomaly method: see weldfilm/methods/__init__.py."""

@@ -1,0 +1,1 @@
+"""The late_fusion method: see weldfilm/methods/__init__.py."""

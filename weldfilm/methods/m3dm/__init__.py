@@ -1,0 +1,1 @@
+"""The m3dm method: see weldfilm/methods/__init__.py."""
