@@ -18,6 +18,7 @@ rule inputs:
         spec=lambda wildcards: INPUT_KINDS[wildcards.kind],
     log:
         log_path("inputs", "{kind}", "{split}"),
+    priority: 50  # short jobs that the feature builds and every train job wait for
     threads: 1  # decoding workers = threads (in-process at 1); the kinds and splits run side by side
     resources:
         mem_mb=lambda wildcards, threads: input_store.build_mem_mb(INPUT_KINDS[wildcards.kind], threads),

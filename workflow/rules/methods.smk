@@ -15,6 +15,7 @@ rule features:
         source=lambda wildcards: FEATURE_SOURCES[wildcards.feature_key],
     log:
         log_path("features", "{feature_key}", "{split}"),
+    priority: 50  # ahead of the train jobs that do not need it, so that train_causal_film starts early
     threads: GPU_JOB_THREADS
     resources:
         mem_mb=feature_build_mem_mb(CFG),  # measured peak x 2 (weldfilm/feature_keys.py, benchmarks/feature_memory.py)
@@ -47,6 +48,7 @@ for _method in TRAIN_METHODS:
             eval_splits=EVAL_SPLITS if EVALUATE_IN_TRAIN_JOB else [],
         log:
             log_path("train", _method, "seed{seed}"),
+        priority: len(group_runs(_method))  # the jobs that train the most runs start first (one idle core less)
         threads: GPU_JOB_THREADS
         resources:
             mem_mb=16000,
