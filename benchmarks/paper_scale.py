@@ -413,7 +413,7 @@ def measure_loaders(cfg: dict, run_cfgs: dict, runs: int, m: Measured, prefix: s
 def measure_causal_film(cfg: dict, source: BackboneSource, cf_run_cfgs: list, runs: int, m: Measured) -> None:
     """The four backbones through FrozenBackbones (one at a time), then every Causal-FiLM head variant."""
     from weldfilm.data.dataset import collate_batch
-    from weldfilm.methods.base import get_method
+    from weldfilm.methods import get_method
     from weldfilm.models.backbones import FrozenBackbones
     from weldfilm.methods.causal_film.model import CausalFiLMHead
 
@@ -758,10 +758,11 @@ class Job:
     group: str | None = None                   # the workflow job it belongs to (one per method and seed)
     gpu: bool = True                           # False: a CPU job (the input store) that never holds the GPU
     counted: bool = True                       # False: work done inside another job (an encoder-cache build)
+    extra_rss: float = 0.0                     # held on top of the job's peak while it trains beside others (lockstep)
 
 
 def selection_split(method_name: str, run_cfg: dict):
-    from weldfilm.methods.base import get_method
+    from weldfilm.methods import get_method
 
     return get_method(method_name)(run_cfg, Path(run_cfg["results"]) / "scratch" / "sel", torch.device("cpu")).selection_split
 
@@ -856,7 +857,7 @@ def causal_film_jobs(cfg, runs, m: Measured, splits: dict, a) -> list[Job]:
             return Pass(stage, f, 0 if shared else n, None if shared else loader_key(r, decode), repeats)
 
         augmented = method.uses_augmentation()
-        stream = (group, stream_key(r)) if not a.per_run_jobs and not method.uses_cache("train") else None
+        stream = (group, stream_key(r)) if not getattr(a, "per_run_jobs", False) else None
         shared = stream is not None and stream in streams
         if stream is not None:
             streams.add(stream)
@@ -877,7 +878,9 @@ def causal_film_jobs(cfg, runs, m: Measured, splits: dict, a) -> list[Job]:
         fixed = a.job_start_s + (bb_bytes / (a.disk_gbps * 1e9) if needs_backbones else 0.0)
         rss = m.sizes["import_rss"] + in_memory + head["param_bytes"] * 4 + (bb_bytes if needs_backbones else 0)
         jobs.append(Job(f"causal_film {settings}", passes, fixed, workers, rss,
-                        {"causal_film.train": checkpoint_bytes(head["param_bytes"], r)}, group=group))
+                        {"causal_film.train": checkpoint_bytes(head["param_bytes"], r)}, group=group,
+                        # a head trained in lockstep beside the stream's first: weights, grads, Adam, EMA
+                        extra_rss=head["param_bytes"] * (4 + bool(r["train"].get("use_ema"))) if shared else 0.0))
     feature_jobs = []
     for key, r in keys.items():
         for split in ("train", "val", "test"):  # the workflow builds every split of a key (common.smk)
@@ -1084,9 +1087,19 @@ def grouped(jobs: list[Job], per_run: bool) -> list[Job]:
         g.passes += job.passes
         g.fixed_s = max(g.fixed_s, job.fixed_s)
         g.peak_rss = max(g.peak_rss, job.peak_rss)
+        g.extra_rss += job.extra_rss
         for stage, value in job.disk.items():
             g.disk[stage] = g.disk.get(stage, 0.0) + value
     return out
+
+
+def job_rule(job: Job) -> str:
+    """The workflow rule a projected job is an instance of."""
+    if not job.gpu:
+        return "inputs"
+    if job.name.startswith("features"):
+        return "features"
+    return "train_" + (job.group or job.name).split()[0]
 
 
 def project_dag(cfg: dict, m: Measured, a) -> dict:
@@ -1101,7 +1114,10 @@ def project_dag(cfg: dict, m: Measured, a) -> dict:
             + m3dm_jobs(cfg, runs, m, splits, a) + dinomaly_jobs(cfg, runs, m, splits, a))
     jobs = grouped(jobs, getattr(a, "per_run_jobs", False)) + input_store_jobs(cfg, runs, m, splits, a)
     stages: dict[str, dict] = {}
+    feeds: dict[str, dict] = {}  # stage -> the pass whose loader keeps up with its GPU work the least
+    rules: dict[str, dict] = {}  # workflow rule -> jobs, longest job (h), largest peak RSS (GB)
     for job in jobs:
+        job_hours = job.fixed_s / 3600
         for index, step in enumerate(job.passes):
             st = stages.setdefault(step.stage, {"pflop": 0.0, "gpu_hours_compute": 0.0, "hours_held": 0.0,
                                                 "peak_rss_gb": 0.0, "disk_gb": 0.0, "jobs": set(), "precision": set(),
@@ -1113,6 +1129,18 @@ def project_dag(cfg: dict, m: Measured, a) -> dict:
             if step.loader and step.loader.startswith("store."):  # the store's disk bounds its readers
                 read = step.loaded * m.sizes.get(f"store_read_bytes.{step.loader[len('store.'):]}", 0.0)
                 per_pass = max(per_pass, read / (a.store_gbps * 1e9))
+            job_hours += per_pass * step.repeats / 3600
+            if step.loader and step.loaded and compute > 0:
+                feed = m.loader[step.loader] * max(1, job.workers)  # samples/s the loader can give
+                if step.loader.startswith("store."):
+                    per_sample = m.sizes.get(f"store_read_bytes.{step.loader[len('store.'):]}", 0.0)
+                    if per_sample:
+                        feed = min(feed, a.store_gbps * 1e9 / per_sample)
+                need = step.loaded / compute  # samples/s the GPU would consume
+                if step.stage not in feeds or per_pass * step.repeats / 3600 > feeds[step.stage]["pass_hours"]:
+                    feeds[step.stage] = {"loader": step.loader, "workers": job.workers, "gpu_samples_per_s": need,
+                                         "loader_samples_per_s": feed, "ratio": feed / need,
+                                         "pass_hours": per_pass * step.repeats / 3600}
             st["pflop"] += sum(step.flop.values()) * step.repeats / 1e15
             st["gpu_hours_compute"] += compute * step.repeats / 3600
             st["hours_held"] += per_pass * step.repeats / 3600
@@ -1121,7 +1149,12 @@ def project_dag(cfg: dict, m: Measured, a) -> dict:
         first = job.passes[0].stage
         stages[first]["hours_held"] += job.fixed_s / 3600
         for stage in {step.stage for step in job.passes}:
-            stages[stage]["peak_rss_gb"] = max(stages[stage]["peak_rss_gb"], job.peak_rss / 1e9)
+            stages[stage]["peak_rss_gb"] = max(stages[stage]["peak_rss_gb"], (job.peak_rss + job.extra_rss) / 1e9)
+        if job.counted:
+            rule = rules.setdefault(job_rule(job), {"jobs": 0, "longest_job_hours": 0.0, "peak_rss_gb": 0.0})
+            rule["jobs"] += 1
+            rule["longest_job_hours"] = max(rule["longest_job_hours"], job_hours)
+            rule["peak_rss_gb"] = max(rule["peak_rss_gb"], (job.peak_rss + job.extra_rss) / 1e9)
         for stage, value in job.disk.items():
             stages[stage]["disk_gb"] += value / 1e9
     for st in stages.values():
@@ -1135,7 +1168,7 @@ def project_dag(cfg: dict, m: Measured, a) -> dict:
               "seeds": len(cfg["seeds"]), "protocols": list(cfg["protocols"]), "ablations": len(cfg["ablations"]),
               "per_run_jobs": bool(getattr(a, "per_run_jobs", False))}
     gpu_stages = [s for s in stages.values() if s["gpu"]]
-    return {"stages": stages, "counts": counts, "splits": splits,
+    return {"stages": stages, "counts": counts, "splits": splits, "feeds": feeds, "rules": rules,
             "total_pflop": sum(s["pflop"] for s in gpu_stages),
             "total_gpu_hours_compute": sum(s["gpu_hours_compute"] for s in gpu_stages),
             "total_gpu_hours_held": sum(s["hours_held"] for s in gpu_stages),
@@ -1218,6 +1251,7 @@ def result_dict(cfg, m: Measured, proj: dict, a, elapsed_s: float) -> dict:
         "total_pflop": proj["total_pflop"],
         "gpu": assumptions(cfg, a),
         "stages": {name: {k: v for k, v in st.items()} for name, st in sorted(proj["stages"].items())},
+        "feeds": proj.get("feeds", {}), "rules": proj.get("rules", {}),
         "backbones": {name: {"gflop_per_sample": m.backbones[name]["gflop_per_sample"],
                              "cache_mb_per_sample": m.backbones[name]["cache_mb_per_sample"],
                              "cpu_s_per_sample": m.backbones[name]["cpu_s_per_sample"],
@@ -1324,6 +1358,22 @@ def markdown(result: dict, baseline: dict | list | None) -> str:
                  f"{baseline['total_gpu_hours_compute']:,.2f} → {result['total_gpu_hours_compute']:,.2f} | "
                  f"{baseline['total_gpu_hours_held']:,.2f} → {result['total_gpu_hours_held']:,.2f} | | |")
     lines += [total]
+    if result.get("feeds"):
+        lines += ["", "## Does loading keep up? (per stage, its longest loading pass)", "",
+                  "| stage | loader | workers | GPU consumes samples/s | loader gives samples/s | loader / GPU | "
+                  "hours held by that pass in one job |", "|---|---|---|---|---|---|---|"]
+        for stage, f in sorted(result["feeds"].items()):
+            lines.append(f"| {stage} | {f['loader']} | {f['workers']} | {f['gpu_samples_per_s']:,.1f} | "
+                         f"{f['loader_samples_per_s']:,.1f} | {f['ratio']:.2f} | {f.get('pass_hours', 0.0):.2f} |")
+        lines += ["", "A ratio below 1 is a stage whose GPU waits for its inputs; the loader's rate is the measured "
+                  "per-worker rate times the job's workers, for `store.*` capped by the store's disk (`--store-gbps`). "
+                  "Late Fusion's autoencoders are so small that no loader feeds them as fast as the GPU computes: "
+                  "their hours are the store's read time of the 34 MB STFT of every TRAIN and selection run each epoch."]
+    if result.get("rules"):
+        lines += ["", "## Per workflow job (what the SLURM profile's runtime and mem_mb are sized from)", "",
+                  "| rule | jobs | longest job, h | peak RSS, GB |", "|---|---|---|---|"]
+        for rule, info in sorted(result["rules"].items()):
+            lines.append(f"| {rule} | {info['jobs']} | {info['longest_job_hours']:.2f} | {info['peak_rss_gb']:.1f} |")
     if baselines:
         lines += ["", "## Before and after (the same measurement, projected for each state of the config and workflow)", "",
                   "| state | GPU jobs | PFLOP | GPU-h compute | hours of GPU held | CPU-job hours (input store) |",
