@@ -824,7 +824,7 @@ def causal_film_jobs(cfg, runs, m: Measured, splits: dict, a) -> list[Job]:
     frozen-backbone pass and one load per batch, and each adds only its head's cost.
     """
     from weldfilm.methods.causal_film.method import CausalFiLMMethod
-    from weldfilm.feature_keys import feature_dir_key
+    from weldfilm.paths import feature_dir_key
 
     bb = sum(m.backbones[n]["gflop_per_sample"] for n in ("vjepa2", "ast", "dinov3")) * 1e9
     cache_per_sample = sum(m.backbones[n]["cache_mb_per_sample"] for n in ("vjepa2", "ast", "dinov3")) * 1e6 + \

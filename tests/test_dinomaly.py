@@ -386,12 +386,12 @@ def test_encoder_cache_once_per_split_shared_by_seeds_and_protocols_and_same_sco
     from weldfilm.methods.dinomaly import cache as dinomaly_cache
     from weldfilm.methods.dinomaly.method import DinomalyMethod
     from weldfilm.errors import CheckpointError
-    from weldfilm.runner import build_method, fit_run
+    from weldfilm.runner import fit_run, start_run
 
     make, run_dir = dinomaly_run
     plain = make()
     plain["dinomaly"]["encoder_cache"] = False
-    fit_run(build_method(plain, run_dir / "plain"))
+    fit_run(start_run(plain, run_dir / "plain"))
     plain_scores = DinomalyMethod(plain, run_dir / "plain", torch.device("cpu")).score("test")
 
     cached = make()
@@ -400,7 +400,7 @@ def test_encoder_cache_once_per_split_shared_by_seeds_and_protocols_and_same_sco
     real_build = dinomaly_cache.build
     monkeypatch.setattr(dinomaly_cache, "build", lambda paths, *a, **k: (built.append(paths["tokens"].name),
                                                                          real_build(paths, *a, **k)))
-    fit_run(build_method(cached, run_dir / "cached"))
+    fit_run(start_run(cached, run_dir / "cached"))
     cached_scores = DinomalyMethod(cached, run_dir / "cached", torch.device("cpu")).score("test")
     assert sorted(built) == ["test.tokens.npy", "train.tokens.npy", "val.tokens.npy"]  # each split once
     pd.testing.assert_frame_equal(plain_scores, cached_scores, check_exact=False, rtol=1e-5, atol=1e-6)

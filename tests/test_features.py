@@ -100,7 +100,7 @@ def test_cache_file_is_safetensors_read_memory_mapped(cfg, tmp_path):
 
 
 def test_train_cache_only_where_a_run_reads_it(cfg):
-    from weldfilm.feature_keys import cached_splits
+    from weldfilm.paths import cached_splits
 
     augmented = {**cfg, "train": {**cfg["train"], "use_augmentations": True}}
     assert cached_splits(cfg) == ("train", "val", "test")

@@ -13,7 +13,7 @@ import yaml
 
 from paper_fakes import tiny_config, write_results
 from weldfilm.config import DEFAULT_CONFIG, METHODS, SCHEMA_PATH, load_config, load_yaml, prepare, run_config, validate
-from weldfilm.methods.base import get_method
+from weldfilm.methods import get_method
 from weldfilm.paper import TABLE_NAMES
 from weldfilm.paper.deviations import (ADAPTED, AUTHORS, EFFECTIVE, FLAW, INTENDED, KINDS, METHOD, NOT_RECORDED,
                                        SCALE, deviation_rows, recorded_value, same_value)

@@ -16,7 +16,7 @@ from weldfilm.config import run_config
 from weldfilm.data import store
 from weldfilm.data.dataset import dataset_from_config
 from weldfilm.errors import DataError
-from weldfilm.methods.base import make_loader
+from weldfilm.training.loaders import make_loader
 
 MODALITIES = ("video", "post_weld_images", "audio", "sensor")
 
@@ -154,7 +154,7 @@ def test_dataloader_workers_read_the_store(cfg):
 
 
 def test_num_workers_auto_is_the_jobs_threads_minus_one(monkeypatch):
-    from weldfilm.methods.base import resolve_num_workers
+    from weldfilm.training.loaders import resolve_num_workers
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     assert resolve_num_workers("auto") == 7 and resolve_num_workers(3) == 3

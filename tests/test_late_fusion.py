@@ -95,15 +95,13 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(late_fusion_run):
     import pandas as pd
 
     from weldfilm.methods.late_fusion.method import LateFusionMethod
-    from weldfilm.evaluation import SCORE_COLUMNS, evaluate_run
+    from weldfilm.evaluation import SCORE_COLUMNS, evaluate_splits
     from training_helpers import train_and_score_both_ways
 
-    from weldfilm.methods.late_fusion.method import SPLIT_RESULTS
     from weldfilm.io import read_json
 
     make, run_dir = late_fusion_run
-    metadata, _ = train_and_score_both_ways(make(), run_dir, forget=SPLIT_RESULTS.clear)
-    SPLIT_RESULTS.clear()  # count the scoring below from scratch
+    metadata, _ = train_and_score_both_ways(make(), run_dir)
     scored_splits = []
     score_branches = LateFusionMethod._score_branches
 
@@ -123,8 +121,8 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(late_fusion_run):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(LateFusionMethod, "_score_branches", counting)
-        evaluate_run(run_dir, "val", run_dir / "eval" / "val")
-        metrics = evaluate_run(run_dir, "test", run_dir / "eval" / "test")  # its VAL threshold re-uses VAL's scores
+        metrics = evaluate_splits(run_dir, ["val", "test"], {s: run_dir / "eval" / s for s in ("val", "test")})[
+            "test"]  # one method object: TEST's VAL threshold re-uses VAL's scores
     assert scored_splits == ["val", "test"]
     table = pd.read_csv(run_dir / "eval" / "test" / "scores.csv")
     assert list(table.columns) == SCORE_COLUMNS and np.isfinite(table["score"]).all()
@@ -188,25 +186,26 @@ def test_numpy_stft_matches_librosa():
         assert np.allclose(ours, reference, rtol=1e-4, atol=1e-5 * reference.max())
 
 
-def test_split_result_memo_recomputes_after_a_refit_or_another_config(tmp_path):
-    from weldfilm.methods.base import SplitResultMemo
+def test_split_result_cache_is_per_object_and_recomputes_after_a_refit(tmp_path, late_fusion_run):
+    from weldfilm.methods.late_fusion.method import LateFusionMethod
 
-    memo, calls = SplitResultMemo(), []
+    make, _ = late_fusion_run
+    method, calls = LateFusionMethod(make(), tmp_path, torch.device("cpu")), []
     fitted = tmp_path / "checkpoints" / "best.pt"
 
     def compute():
         calls.append(1)
         return len(calls)
 
-    assert memo.get_or_compute(tmp_path, "val", {"a": 1}, [fitted], compute) == 1  # not fitted: never memoised
+    assert method.split_result("val", [fitted], compute) == 1  # not fitted: never cached
     fitted.parent.mkdir()
     fitted.write_bytes(b"weights")
-    assert memo.get_or_compute(tmp_path, "val", {"a": 1}, [fitted], compute) == 2
-    assert memo.get_or_compute(tmp_path, "VAL", {"a": 1}, [fitted], compute) == 2  # memoised
-    assert memo.get_or_compute(tmp_path, "test", {"a": 1}, [fitted], compute) == 3  # another split
-    assert memo.get_or_compute(tmp_path, "val", {"a": 2}, [fitted], compute) == 4  # another config
+    assert method.split_result("val", [fitted], compute) == 2
+    assert method.split_result("VAL", [fitted], compute) == 2  # cached
+    assert method.split_result("test", [fitted], compute) == 3  # another split
+    assert LateFusionMethod(make(), tmp_path, torch.device("cpu")).split_result("val", [fitted], compute) == 4
     fitted.write_bytes(b"re-fitted weights")
-    assert memo.get_or_compute(tmp_path, "val", {"a": 1}, [fitted], compute) == 5  # a re-fit
+    assert method.split_result("val", [fitted], compute) == 5  # a re-fit
 
 
 def test_paper_profile_sizes_reach_the_late_fusion_heads():

@@ -200,13 +200,13 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(m3dm_run):
     import pandas as pd
     from safetensors.torch import load_file
 
-    from weldfilm.methods.m3dm.method import SPLIT_RESULTS, M3DMMethod
+    from weldfilm.methods.m3dm.method import M3DMMethod
     from training_helpers import train_and_score_both_ways
 
     from weldfilm.io import read_json
 
     cfg, run_dir = m3dm_run
-    metadata, metrics = train_and_score_both_ways(cfg, run_dir, forget=SPLIT_RESULTS.clear)
+    metadata, metrics = train_and_score_both_ways(cfg, run_dir)
     described, summary = metadata["describe"], metadata["fit"]
     assert metadata["selection_split"] is None and described["method_name"] == "DINO+Point_MAE"
     assert "random-init" in described["point_backbone"] and described["augmentation"] is False
@@ -222,7 +222,6 @@ def test_train_and_evaluate_on_the_tiny_synthetic_set(m3dm_run):
     assert read_json(run_dir / "checkpoints" / "m3dm_fusion.json")["fusers"]["detect"]["coef"] is not None
 
     scores = pd.read_csv(run_dir / "eval" / "test" / "scores.csv")
-    SPLIT_RESULTS.clear()  # score again below, not from this process's memo
     method = M3DMMethod(cfg, run_dir, torch.device("cpu"))
     assert scores["sample_id"].tolist() == method.dataset("test").sample_ids
     assert np.isfinite(scores["score"]).all() and scores["score"].nunique() > 1
@@ -389,7 +388,6 @@ def test_encoder_cache_is_built_once_per_split_shared_and_gives_the_live_scores(
     monkeypatch.setattr(m3dm.M3DMMethod, "_extract", spy_extract)
 
     def fit_and_score(cfg, name, seed=0):
-        m3dm.SPLIT_RESULTS.clear()
         cfg = copy.deepcopy(cfg)
         cfg["run"]["seed"] = seed
         method = m3dm.M3DMMethod(cfg, tmp_path / name, torch.device("cpu"))

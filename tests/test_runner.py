@@ -12,7 +12,8 @@ from weldfilm.methods.causal_film.method import CausalFiLMMethod
 from weldfilm.cli import main
 from weldfilm.errors import CheckpointError, ConfigError
 from weldfilm.evaluation import SCORE_COLUMNS, evaluate_run
-from weldfilm.methods.base import REGISTRY, Method, get_method, normal_only_indices
+from weldfilm.methods import REGISTRY, get_method
+from weldfilm.methods.base import Method, normal_only_indices
 from weldfilm.runner import train_run
 
 
@@ -28,6 +29,26 @@ def test_registry_and_normal_only_heuristic():
         get_method("patchcore")
     assert normal_only_indices([0, 1, 1, 1], ["a/x-00", "good_weld/x-01", "b/NORMAL-03", "c/x-02"]) == [0, 1, 2]
 
+
+
+def test_one_method_list_and_one_factory(tmp_path, cfg):
+    """The registry is the method list: the schema's enum, weldfilm.config.METHODS and the CLI agree with it;
+    build_method builds every method with the same keywords; the fair guard runs for Causal-FiLM too."""
+    import torch
+
+    from weldfilm.config import METHODS, SCHEMA_PATH, load_yaml, run_config
+    from weldfilm.methods import ABLATION_METHOD, FEATURE_CACHE_METHODS, build_method
+
+    schema = load_yaml(SCHEMA_PATH.read_text())
+    assert schema["properties"]["methods"]["items"]["enum"] == list(REGISTRY) == list(METHODS)
+    assert ABLATION_METHOD == "causal_film" and FEATURE_CACHE_METHODS == ("causal_film",)
+    for name in REGISTRY:
+        method = build_method(run_config(cfg, name, 0), tmp_path / name, device="cpu", feature_dir=None)
+        assert isinstance(method, get_method(name)) and method.device == torch.device("cpu")
+    unfair = run_config(cfg, "causal_film", 0)
+    unfair["train"]["selection_split"] = "test"
+    with pytest.raises(ConfigError, match="selects on VAL only"):
+        build_method(unfair, tmp_path / "unfair")
 
 @pytest.mark.slow
 def test_train_then_evaluate_writes_valid_outputs(cfg, tmp_path):
@@ -68,3 +89,24 @@ def test_failed_training_leaves_no_metadata(cfg, tmp_path, monkeypatch):
 def test_evaluate_command_reports_missing_run(tmp_path, capsys):
     assert main(["evaluate", "--run", str(tmp_path / "nothing"), "--split", "test", "--out", str(tmp_path / "e")]) == 2
     assert "metadata.json" in capsys.readouterr().err
+
+
+def test_layers_import_downwards_only():
+    """The package never imports from scripts/; the data services (weldfilm/data, features.py) and the
+    foundations (paths, config, run_keys) import nothing of the methods layer but its torch-free registry."""
+    import ast
+    from pathlib import Path
+
+    import weldfilm
+
+    root = Path(weldfilm.__file__).parent
+    lower = [root / "features.py", root / "paths.py", root / "config.py", root / "run_keys.py",
+             *sorted((root / "data").rglob("*.py"))]
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith(("scripts", "snakemake_job")), f"{path} imports {name}"
+                if path in lower:
+                    assert not name.startswith("weldfilm.methods."), f"{path} imports {name} (methods layer)"

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from weldfilm.errors import CheckpointError
-from weldfilm.methods.base import make_loader
+from weldfilm.training.loaders import make_loader
 from weldfilm.training import (ModelEMA, Trainer, load_checkpoint, load_selected_weights, warmup_cosine_scheduler,
                                warmup_cosine_value)
 

@@ -40,21 +40,19 @@ def ready_config(tiny_config: dict, tmp_path_factory, data_root: Path, method: s
     return run_config(cfg, method, seed=0, protocol=protocol)
 
 
-def train_and_score_both_ways(cfg: dict, run_dir: Path, split: str = "test", forget=None):
+def train_and_score_both_ways(cfg: dict, run_dir: Path, split: str = "test"):
     """Train through the runner, then score ``split`` with the fitted method object (what the workflow's
     train job does) and with a method rebuilt from metadata.json (``weldfilm evaluate``); the two
-    scores.csv must be identical. ``forget`` clears a method's per-process memo between the two.
+    scores.csv must be identical (the rebuilt object has its own, empty, split-result cache).
     Returns (metadata, metrics of the rebuilt method); its files are in ``run_dir/eval/<split>``."""
     import pandas as pd
 
     from weldfilm.evaluation import evaluate_run, evaluate_splits
-    from weldfilm.runner import build_method, fit_run
+    from weldfilm.runner import fit_run, start_run
 
-    method = build_method(cfg, run_dir)
+    method = start_run(cfg, run_dir)
     metadata = fit_run(method)
     fitted = evaluate_splits(run_dir, [split], {split: run_dir / "eval_fitted" / split}, method=method)[split]
-    if forget is not None:
-        forget()
     rebuilt = evaluate_run(run_dir, split, run_dir / "eval" / split)
     pd.testing.assert_frame_equal(pd.read_csv(run_dir / "eval_fitted" / split / "scores.csv"),
                                   pd.read_csv(run_dir / "eval" / split / "scores.csv"))

@@ -17,11 +17,12 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from weldfilm.errors import ConfigError
+from weldfilm.methods import ABLATION_METHOD, METHOD_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = REPO_ROOT / "config.yaml"
-METHODS = ("causal_film", "late_fusion", "m3dm", "dinomaly")
+METHODS = METHOD_NAMES  # the registry's list (weldfilm.methods.REGISTRY); the schema's enum is checked against it
 PROTOCOLS = ("fair", "paper_faithful")
 
 
@@ -246,8 +247,8 @@ def run_config(cfg: dict, method: str, seed: int, protocol: str = "fair", ablati
     if ablation:
         if ablation not in cfg["ablations"]:
             raise ConfigError(f"unknown ablation '{ablation}'; known: {', '.join(cfg['ablations'])}")
-        if method != "causal_film":
-            raise ConfigError(f"ablations apply to causal_film only, not '{method}'")
+        if method != ABLATION_METHOD:
+            raise ConfigError(f"ablations apply to {ABLATION_METHOD} only, not '{method}'")
         out = apply_dotted(out, cfg["ablations"][ablation] or {})
     out["run"] = {"method": method, "seed": int(seed), "protocol": protocol, "ablation": ablation}
     return validate_run(out)

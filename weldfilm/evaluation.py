@@ -16,6 +16,7 @@ import pandas as pd
 from weldfilm.errors import DataError
 from weldfilm.io import atomic_path, provenance, read_json, write_json
 from weldfilm.metrics import compute_metrics, youden_threshold
+from weldfilm.paths import manifest_path
 from weldfilm.runner import METADATA
 
 SCORE_COLUMNS = ["sample_id", "class_code", "class_name", "label", "score"]
@@ -26,7 +27,7 @@ def labelled_scores(cfg: dict, scores: pd.DataFrame, split: str) -> pd.DataFrame
     from weldfilm.data.layout import CLASS_NAMES, binary_label
     from weldfilm.data.manifest import read_manifest
 
-    manifest = read_manifest(Path(cfg["results"]) / "data" / "manifest.csv")
+    manifest = read_manifest(manifest_path(cfg))
     rows = manifest[manifest["SPLIT"].str.upper() == split.upper()]
     rows = rows[~rows["SUBDIRS"].isin(set(cfg["data"].get("exclude_runs", [])))]
     codes = dict(zip(rows["SUBDIRS"], rows["CLASS_CODE"].astype(int)))
@@ -46,13 +47,12 @@ def labelled_scores(cfg: dict, scores: pd.DataFrame, split: str) -> pd.DataFrame
 
 
 def load_trained_method(run_dir):
-    """The method of a trained run, rebuilt from its ``metadata.json`` (config, feature cache)."""
-    from weldfilm.methods.base import get_method
+    """The method of a trained run, rebuilt from its ``metadata.json`` (config, feature cache) by
+    ``weldfilm.methods.build_method``; returns ``(metadata, method)``."""
+    from weldfilm.methods import build_method
 
     metadata = read_json(Path(run_dir) / METADATA, "run metadata")
-    cfg = metadata["config"]
-    extra = {"feature_dir": Path(metadata["feature_dir"])} if metadata.get("feature_dir") else {}
-    return metadata, get_method(cfg["run"]["method"])(cfg, Path(run_dir), None, **extra)
+    return metadata, build_method(metadata["config"], run_dir, feature_dir=metadata.get("feature_dir"))
 
 
 def evaluate_run(run_dir, split: str, out_dir) -> dict:

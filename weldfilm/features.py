@@ -28,7 +28,7 @@ from weldfilm.io import atomic_path, provenance, write_json
 from weldfilm.training.precision import backbone_dtype
 from weldfilm.training.progress import progress
 
-from weldfilm.feature_keys import (  # noqa: F401 (re-exported for callers of weldfilm.features)
+from weldfilm.paths import (  # noqa: F401 (re-exported for callers of weldfilm.features)
     CAUSAL_FILM_MODALITIES,
     TEXT_EMBEDDING,
     cache_file,
@@ -113,7 +113,7 @@ def build_feature_cache(cfg: dict, split: str, out_path, backbones=None, device=
     Each batch's features are written into the file as they are computed (``StreamingSafetensors``):
     the build's memory does not grow with the split.
     """
-    from weldfilm.methods.base import make_loader, resolve_device
+    from weldfilm.training.loaders import make_loader, resolve_device
     from weldfilm.training.precision import configure_precision
 
     out_path = Path(out_path)

@@ -119,7 +119,7 @@ def train_stream_key(run_cfg: dict) -> str | None:
     """
     if run_cfg["run"]["method"] != "causal_film":
         return None
-    from weldfilm.feature_keys import cached_splits, feature_dir_key
+    from weldfilm.paths import cached_splits, feature_dir_key
 
     if "train" in cached_splits(run_cfg):
         source = {"cache": feature_dir_key(run_cfg)}

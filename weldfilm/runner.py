@@ -11,14 +11,13 @@ resumes from its own ``last.pt`` when ``resume_allowed`` says its checkpoints be
 
 from __future__ import annotations
 
-import inspect
 import shutil
 import time
 from pathlib import Path
 
 from weldfilm.errors import ConfigError
 from weldfilm.io import provenance, read_json, write_json
-from weldfilm.methods.base import get_method, resolve_device
+from weldfilm.methods import METHOD_NAMES, build_method
 from weldfilm.training.precision import precision_record, precision_text
 
 METADATA = "metadata.json"
@@ -50,26 +49,22 @@ def resume_allowed(run_dir, config_hash: str) -> bool:
 
 def train_run(cfg: dict, out_dir, resume: bool = False, feature_dir=None) -> dict:
     """Train the run described by ``cfg`` (a ``run_config`` result) into ``out_dir``; return its metadata."""
-    return fit_run(build_method(cfg, out_dir, feature_dir), resume=resume)
+    return fit_run(start_run(cfg, out_dir, feature_dir), resume=resume)
 
 
-def build_method(cfg: dict, out_dir, feature_dir=None):
-    """The ``Method`` of the run described by ``cfg`` (a ``run_config`` result), working in ``out_dir``."""
+def start_run(cfg: dict, out_dir, feature_dir=None):
+    """The ``Method`` of the run described by ``cfg`` (``weldfilm.methods.build_method``), working in
+    ``out_dir``, whose ``metadata.json`` is removed first (a re-run is complete only once it succeeded again)."""
     if "run" not in cfg:
         raise ConfigError("train_run needs a run config from weldfilm.config.run_config (key 'run' is missing)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / METADATA).unlink(missing_ok=True)  # a re-run is complete only once it succeeded again
-    method_cls = get_method(cfg["run"]["method"])
-    device = resolve_device(cfg["train"])
-    extra = {}
-    if feature_dir is not None and "feature_dir" in inspect.signature(method_cls).parameters:
-        extra["feature_dir"] = Path(feature_dir)
-    return method_cls(cfg, out_dir, device, **extra)
+    (out_dir / METADATA).unlink(missing_ok=True)
+    return build_method(cfg, out_dir, feature_dir=feature_dir)
 
 
 def fit_run(method, resume: bool = False) -> dict:
-    """Fit ``method`` (from ``build_method``) and write its run's metadata.json last; return the metadata."""
+    """Fit ``method`` (from ``start_run``) and write its run's metadata.json last; return the metadata."""
     started = time.perf_counter()
     summary = method.fit(resume=resume)
     return write_metadata(method, summary, time.perf_counter() - started)
@@ -129,7 +124,7 @@ def train_group(cfg: dict, settings_list: list[dict], run_dirs, feature_dirs=Non
         allowed = resume_allowed(run_dir, run_resume_hash(run_cfg))  # the rule's config_hash + regenerated data
         resumes.append(resume and allowed)
         print(f"run {run_dir}: {settings}, resume={resumes[-1]}")
-    methods = [build_method(run_cfg, run_dir, feature_dir)
+    methods = [start_run(run_cfg, run_dir, feature_dir)
                for run_cfg, run_dir, feature_dir in zip(run_cfgs, run_dirs, feature_dirs)]
     streams: dict = {}
     for index, run_cfg in enumerate(run_cfgs):
@@ -161,7 +156,7 @@ def train_group(cfg: dict, settings_list: list[dict], run_dirs, feature_dirs=Non
 
 
 def add_cli_arguments(parser) -> None:
-    parser.add_argument("--method", required=True, help="causal_film | late_fusion | m3dm | dinomaly")
+    parser.add_argument("--method", required=True, choices=METHOD_NAMES)
     parser.add_argument("--config", default=None, help="config.yaml (default: the project's)")
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--seed", type=int, default=None, help="default: the first of config seeds")

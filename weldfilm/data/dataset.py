@@ -28,6 +28,7 @@ from weldfilm.data.layout import run_ref
 from weldfilm.data.manifest import SPLITS, read_manifest
 from weldfilm.data.store import PREPROCESS_KEYS, open_store
 from weldfilm.errors import ConfigError, DataError
+from weldfilm.paths import manifest_path
 
 MODALITIES = ("video", "post_weld_images", "audio", "sensor")
 
@@ -174,7 +175,7 @@ def dataset_from_config(cfg: dict, split: str, augment: bool | None = None, moda
     the modalities the decoded-input store holds current files of (``inputs.store``; weldfilm/data/store.py),
     decode the rest; ``False``: decode everything.
     """
-    manifest = overrides.pop("manifest", Path(cfg["results"]) / "data" / "manifest.csv")
+    manifest = overrides.pop("manifest") if "manifest" in overrides else manifest_path(cfg)
     if augment is None:
         augment = bool(cfg.get("train", {}).get("use_augmentations", False)) and str(split).upper() == "TRAIN"
     sizes = {key: cfg["preprocess"][key] for key in PREPROCESS_KEYS if key in cfg["preprocess"]}

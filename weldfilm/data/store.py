@@ -3,7 +3,7 @@
 A *kind* is one modality at one set of preprocessing sizes on one data set, e.g. video at 32 frames x
 64 px, photos at 5 views x 224 px (Causal-FiLM) or at 448 px (Dinomaly), mel or Late Fusion's STFT,
 the sensor. Its name is a readable label plus a hash of ``kind_spec`` (the modality, the sizes its
-reader uses and ``weldfilm.feature_keys.data_identity``: data root, manifest settings, exclusions,
+reader uses and ``weldfilm.paths.data_identity``: data root, manifest settings, exclusions,
 missing images, synthetic generator settings). One file per kind and split:
 ``<results>/inputs/<kind>/<split>.npy`` (``store_file``, written row by row: ``RowFile``), rows in manifest order, and a JSON sidecar
 ``<split>.json`` (key, sample ids, ``num_images`` for photos, shape, dtype, a digest of the data file:
@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from weldfilm.errors import ConfigError, DataError, WeldfilmError
-from weldfilm.feature_keys import CAUSAL_FILM_MODALITIES, cached_splits, data_identity, file_digest
+from weldfilm.methods import FEATURE_CACHE_METHODS
+from weldfilm.paths import CAUSAL_FILM_MODALITIES, cached_splits, data_identity, file_digest
 from weldfilm.io import stable_hash
 
 FORMAT_VERSION = 2  # 2: sidecars identify the data file by a digest (1: by mtime, which Snakemake resets)
@@ -130,8 +131,11 @@ def kind_key(spec: dict) -> str:
 
 
 def store_file(results, kind: str, split: str) -> Path:
-    """``<results>/inputs/<kind>/<split>.npy`` (the workflow fills in wildcards with the same function)."""
-    return Path(results) / "inputs" / str(kind) / f"{str(split).lower()}.npy"
+    """``<results>/inputs/<kind>/<split>.npy``: ``weldfilm.paths.input_store_file`` (the workflow fills in
+    wildcards with the same function)."""
+    from weldfilm.paths import input_store_file
+
+    return input_store_file(results, kind, split)
 
 
 def sidecar_file(path) -> Path:
@@ -168,19 +172,18 @@ def run_input_kinds(run_cfg: dict) -> dict[str, list[dict]]:
     if not store_enabled(run_cfg):
         return {}
     method = run_cfg["run"]["method"]
-    splits = SPLITS
-    if method == "causal_film":
-        splits = tuple(s for s in SPLITS if s not in cached_splits(run_cfg))
+    splits = tuple(s for s in SPLITS if s not in cached_splits(run_cfg))  # () for a method without a feature cache
     kinds = _kinds_of(run_cfg, method_dataset_arguments(run_cfg, method))
     return {split: list(kinds) for split in splits}
 
 
 def feature_input_kinds(run_cfg: dict, splits=None) -> dict[str, list[dict]]:
     """``{split: [kind specs]}`` the Causal-FiLM feature-cache builds of this run config read (``splits``:
-    default the ones it reads from the cache, ``weldfilm.feature_keys.cached_splits``)."""
-    if not store_enabled(run_cfg) or run_cfg["run"]["method"] != "causal_film":
+    default the ones it reads from the cache, ``weldfilm.paths.cached_splits``)."""
+    method = run_cfg["run"]["method"]
+    if not store_enabled(run_cfg) or method not in FEATURE_CACHE_METHODS:
         return {}
-    kinds = _kinds_of(run_cfg, method_dataset_arguments(run_cfg, "causal_film"))
+    kinds = _kinds_of(run_cfg, method_dataset_arguments(run_cfg, method))
     return {split: list(kinds) for split in (cached_splits(run_cfg) if splits is None else splits)}
 
 

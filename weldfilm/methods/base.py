@@ -1,13 +1,15 @@
-"""The Method contract (docs/ARCHITECTURE.md), the registry name -> class, and helpers every method shares.
+"""The Method contract (docs/ARCHITECTURE.md) and what every method shares.
 
-A method is built from a run config (``weldfilm.config.run_config``), a run directory and a device.
-Helpers here: device choice (``train.device``), seeded data loaders, the selection split of the
-protocol, the normal-only training subset of spec 8.3 and the ``describe()`` skeleton.
+A method is built by ``weldfilm.methods.build_method`` (the registry is ``weldfilm.methods.REGISTRY``)
+from a run config (``weldfilm.config.run_config``), a run directory, a device and a feature folder.
+Here: the ``Method`` base class (the fair-protocol selection guard runs in its constructor for every
+method; ``split_result`` is its per-object cache of a split's results), the normal-only training subset
+of spec 8.3, the ``describe()`` skeleton and ``MemoryCachedDataset``. Device and loaders:
+``weldfilm.training.loaders``.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
@@ -15,42 +17,11 @@ import pandas as pd
 import torch
 
 from weldfilm.errors import ConfigError
-from weldfilm.io import stable_hash
-from weldfilm.training import Trainer, seeded_generator
+from weldfilm.training import Trainer
+from weldfilm.training.loaders import make_loader, resolve_device
 from weldfilm.training.precision import configure_precision
 
-REGISTRY: dict[str, str] = {
-    "causal_film": "weldfilm.methods.causal_film.method:CausalFiLMMethod",
-    "late_fusion": "weldfilm.methods.late_fusion.method:LateFusionMethod",
-    "m3dm": "weldfilm.methods.m3dm.method:M3DMMethod",
-    "dinomaly": "weldfilm.methods.dinomaly.method:DinomalyMethod",
-}
 SPLITS = ("train", "val", "test")
-
-
-def get_method(name: str) -> type["Method"]:
-    """The Method class registered as ``name`` (imported only now, so unused methods cost nothing)."""
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown method '{name}'; known: {', '.join(REGISTRY)}")
-    module_name, class_name = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
-
-
-def build_method(cfg: dict, run_dir, device=None) -> "Method":
-    """The method named by ``cfg['run']['method']``, for a run config from ``run_config``."""
-    if "run" not in cfg:
-        raise ConfigError("build_method needs a run config (weldfilm.config.run_config): 'run' is missing")
-    return get_method(cfg["run"]["method"])(cfg, Path(run_dir), device)
-
-
-def resolve_device(train_cfg: dict) -> torch.device:
-    """``train.device``: auto -> cuda when available else cpu; cuda without a GPU is an error."""
-    choice = train_cfg.get("device", "auto")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but torch sees no CUDA device; set train.device: auto or cpu")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
 
 
 def normal_only_indices(labels, sample_ids) -> list[int]:
@@ -62,27 +33,6 @@ def normal_only_indices(labels, sample_ids) -> list[int]:
 def normal_only_subset(dataset) -> torch.utils.data.Subset:
     """``Subset`` of the normal samples of a dataset exposing ``labels`` and ``sample_ids``."""
     return torch.utils.data.Subset(dataset, normal_only_indices(dataset.labels, dataset.sample_ids))
-
-
-def resolve_num_workers(value) -> int:
-    """``train.num_workers``: an integer, or ``auto`` = the job's threads minus one (the main process
-    keeps one). The job's threads are what ``torch.get_num_threads()`` says: scripts/snakemake_job.py
-    sets it to the rule's ``threads`` (SLURM: the profile's set-threads), a plain process has the cores."""
-    if value == "auto":
-        return max(0, torch.get_num_threads() - 1)
-    return int(value)
-
-
-def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers=0,
-                collate_fn=None) -> torch.utils.data.DataLoader:
-    """A DataLoader whose shuffling uses its own seeded generator (repeatable, resumable); ``num_workers``
-    may be ``auto`` (``resolve_num_workers``)."""
-    if collate_fn is None:
-        from weldfilm.data.dataset import collate_batch as collate_fn
-    num_workers = resolve_num_workers(num_workers)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                                       collate_fn=collate_fn, generator=seeded_generator(seed),
-                                       persistent_workers=False)
 
 
 def scores_frame(sample_ids, scores) -> pd.DataFrame:
@@ -100,13 +50,22 @@ class Method:
     # Dataset modalities the method reads (keys of WeldingDataset's MODALITIES).
     modalities: tuple[str, ...] = ()
 
-    def __init__(self, cfg: dict, run_dir: Path, device=None):
+    # A method that must select its checkpoint on a split (train.selection_split 'none' is an error).
+    needs_selection: bool = False
+
+    def __init__(self, cfg: dict, run_dir: Path, device=None, feature_dir=None):
+        """Every method takes these keywords (``weldfilm.methods.build_method``). ``device`` None =
+        ``train.device``; ``feature_dir``: the feature-cache folder, read by the methods whose registry entry
+        has ``feature_cache`` (they set ``self.feature_dir``), ignored by the others."""
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.device = torch.device(device) if device is not None else resolve_device(cfg["train"])
         configure_precision(self.device, cfg["train"])  # TF32 + frozen encoders' autocast (weldfilm.training.precision)
         self.seed = int((cfg.get("run") or {}).get("seed", 0))
         self.notes: list[str] = []
+        self.feature_dir: Path | None = None
+        self._split_results: dict = {}
+        fair_selection_split(self)  # the fair-protocol guard, for every method
 
     # ------------------------------------------------------------------------------ contract
     def describe(self) -> dict:
@@ -179,6 +138,23 @@ class Method:
         return make_loader(dataset, size, shuffle=train, seed=self.seed, num_workers=t.get("num_workers", 0),
                            collate_fn=collate_fn)
 
+    def split_result(self, split: str, fitted_files, compute):
+        """``compute()`` of ``split``, once per method object while the run's ``fitted_files`` are unchanged
+        (size and mtime): the train job's object scores VAL once for its fit (fusion weights) and for the
+        evaluation of VAL and of TEST (VAL threshold). A fitted file missing: computed each time (and left to
+        raise its own error); a re-fit changes the files and recomputes."""
+        stamps = []
+        for path in fitted_files:
+            path = Path(path)
+            if not path.is_file():
+                return compute()
+            stat = path.stat()
+            stamps.append((str(path), stat.st_size, stat.st_mtime_ns))
+        key = (split.lower(), tuple(stamps))
+        if key not in self._split_results:
+            self._split_results[key] = compute()
+        return self._split_results[key]
+
     def trainer(self, prefix: str = "", train_cfg: dict | None = None) -> Trainer:
         """The shared Trainer for this run dir (``train_cfg`` lets a baseline pass its own schedule keys)."""
         return Trainer(self.run_dir, train_cfg if train_cfg is not None else self.cfg["train"], self.device,
@@ -186,14 +162,16 @@ class Method:
 
 
 # ------------------------------------------------------------------ pieces several methods share
-def fair_selection_split(method) -> str:
-    """The method's selection split; the fair protocol allows only VAL (TEST is touched once, at the end)."""
+def fair_selection_split(method) -> str | None:
+    """The method's selection split, checked: the fair protocol never selects on TEST (TEST is touched
+    once, at the end; VAL or, for a method that selects nothing, none); a method with ``needs_selection``
+    must have a split. ``Method.__init__`` runs it for every method."""
     split = method.selection_split
     protocol = (method.cfg.get("run") or {}).get("protocol", "fair")
-    if protocol == "fair" and split != "val":
+    if protocol == "fair" and split not in ("val", None):
         raise ConfigError(f"{method.name}: protocol 'fair' selects on VAL only, but train.selection_split gives "
                           f"{split!r}; use protocol paper_faithful for the authors' choice")
-    if split is None:
+    if split is None and method.needs_selection:
         raise ConfigError(f"{method.name}: needs a selection split (val or test), train.selection_split is 'none'")
     return split
 
@@ -226,38 +204,3 @@ class MemoryCachedDataset(torch.utils.data.Dataset):
     @property
     def sample_ids(self):
         return self.dataset.sample_ids
-
-
-class SplitResultMemo:
-    """Per-process memo of a run's split results, valid while the run's fitted files are unchanged.
-
-    ``weldfilm evaluate`` builds a fresh method for each split and, for TEST, scores VAL again for
-    the threshold: with this memo VAL is decoded and scored once per process. An entry is keyed by
-    the run folder, the split, the run config and the (size, mtime) of every file the result depends
-    on, so a re-fit or another config recomputes it.
-    """
-
-    def __init__(self):
-        self._entries: dict = {}
-
-    @staticmethod
-    def _key(run_dir, split: str, cfg: dict, files) -> tuple | None:
-        stamps = []
-        for path in files:
-            if not Path(path).is_file():
-                return None  # not fitted yet: compute (and let it raise its own clear error)
-            stat = Path(path).stat()
-            stamps.append((str(path), stat.st_size, stat.st_mtime_ns))
-        return str(Path(run_dir).resolve()), split.lower(), stable_hash(cfg), tuple(stamps)
-
-    def get_or_compute(self, run_dir, split: str, cfg: dict, files, compute):
-        """The memoised ``compute()`` of ``(run_dir, split, cfg)`` while the fitted ``files`` are unchanged."""
-        key = self._key(run_dir, split, cfg, files)
-        if key is None:
-            return compute()
-        if key not in self._entries:
-            self._entries[key] = compute()
-        return self._entries[key]
-
-    def clear(self) -> None:
-        self._entries.clear()

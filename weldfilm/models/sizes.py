@@ -41,7 +41,9 @@ from __future__ import annotations
 
 import copy
 
-BACKBONE_NAMES = ("vjepa2", "ast", "dinov3", "clip", "dino_vitb8", "dinov2_reg")
+from weldfilm.paths import TINY_BACKBONE_DIRS
+
+BACKBONE_NAMES = tuple(TINY_BACKBONE_DIRS.values())  # the tiny folders' names, in seed order
 SIZES = ("tiny", "paper", "paper_shapes")
 # ``paper_shapes``: the ``paper`` architecture with the ``tiny`` width (these keys from CONFIGS["tiny"]): the
 # published depth, patch/stride/register geometry and AST input size (so the paper's layer indices, Dinomaly's

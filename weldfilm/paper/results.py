@@ -34,9 +34,9 @@ class RunKey:
     ablation: str | None = None
 
     def relative_dir(self) -> Path:
-        if self.ablation:
-            return Path("ablations") / self.ablation / f"seed{self.seed}"
-        return Path("runs") / self.protocol / self.method / f"seed{self.seed}"
+        from weldfilm.paths import run_folder
+
+        return run_folder(".", self.method, self.seed, self.protocol, self.ablation)
 
     def describe(self) -> str:
         what = f"ablation {self.ablation}" if self.ablation else f"{self.protocol}/{self.method}"

@@ -11,39 +11,34 @@ from pathlib import Path
 from weldfilm import paper as paper_outputs
 from weldfilm.config import REPO_ROOT, method_audio_settings, run_config
 from weldfilm.data import store as input_store
-from weldfilm.feature_keys import cached_splits, feature_build_mem_mb, feature_dir_key
+from weldfilm import paths
+from weldfilm.methods import ABLATION_METHOD
+from weldfilm.paths import cached_splits, feature_build_mem_mb
 from weldfilm.io import stable_hash
 from weldfilm.run_keys import method_backbones, run_shape_hash
 
 RESULTS = os.path.normpath(CFG["results"])
-LOGS = os.path.join(RESULTS, "logs")
+LOGS = str(paths.logs_dir(RESULTS))
 SEEDS = [int(seed) for seed in CFG["seeds"]]
 METHODS = list(CFG["methods"])
 PROTOCOLS = list(CFG["protocols"])
 ABLATIONS = list(CFG["ablations"])
-ABLATION_METHOD = "causal_film"  # ARCHITECTURE.md: ablations are Causal-FiLM runs ...
-ABLATION_PROTOCOL = "fair"  # ... under the fair protocol
-FEATURE_CACHE_METHODS = ("causal_film",)  # methods whose class reads the feature cache
-SPLITS = ["train", "val", "test"]
+# ABLATION_METHOD (whose runs the ablations are) and the feature-cache methods (weldfilm.paths.run_feature_dir)
+# come from the method registry (weldfilm.methods.REGISTRY); every folder name from weldfilm.paths.
+ABLATION_PROTOCOL = paths.ABLATION_PROTOCOL
+SPLITS = list(paths.SPLIT_NAMES)
 EVAL_SPLITS = list(CFG["workflow"]["eval_splits"])
 EVALUATE_IN_TRAIN_JOB = bool(CFG["workflow"]["evaluate_in_train_job"])
 
 DATA_ROOT = os.path.normpath(CFG["data"]["root"])
 PAPER_MANIFEST = CFG["data"]["paper_manifest"]
-MANIFEST = os.path.join(RESULTS, "data", "manifest.csv")
-VALIDATION = os.path.join(RESULTS, "data", "validation.json")
-CARD_DIR = os.path.join(RESULTS, "data", "card")
+MANIFEST = str(paths.manifest_file(RESULTS))
+VALIDATION = str(paths.validation_file(RESULTS))
+CARD_DIR = str(paths.card_dir(RESULTS))
 CARD_FILES = ["counts.csv", "counts.md", "separability.csv", "separability.md", "modalities.png"]
 
-# backbone config key -> folder name written by `weldfilm tiny-backbones` (weldfilm.models.tiny.TINY_DIRS)
-TINY_BACKBONE_NAMES = {
-    "video": "vjepa2",
-    "audio": "ast",
-    "image": "dinov3",
-    "clip": "clip",
-    "m3dm_rgb": "dino_vitb8",
-    "dinomaly_encoder": "dinov2_reg",
-}
+# backbone config key -> folder name written by `weldfilm tiny-backbones`
+TINY_BACKBONE_NAMES = paths.TINY_BACKBONE_DIRS
 BACKBONE_DIRS = {key: os.path.normpath(CFG["backbones"][key]) for key in TINY_BACKBONE_NAMES if CFG["backbones"][key]}
 
 
@@ -67,10 +62,10 @@ JOB_SERVER = CFG["workflow"]["job_server"]
 JOB_SERVER_ON = GPU_PER_JOB == 0 if JOB_SERVER == "auto" else bool(JOB_SERVER)
 os.environ.update(WELDFILM_JOB_SERVER="1" if JOB_SERVER_ON else "0")
 
-RUN_DIR = os.path.join(RESULTS, "runs", "{protocol}", "{method}", "seed{seed}")
-ABLATION_DIR = os.path.join(RESULTS, "ablations", "{ablation}", "seed{seed}")
-FEATURE_FILE = os.path.join(RESULTS, "features", "{feature_key}", "{split}.safetensors")
-PAPER_DIR = os.path.join(RESULTS, "paper")
+RUN_DIR = str(paths.run_dir(RESULTS, "{protocol}", "{method}", "{seed}"))
+ABLATION_DIR = str(paths.ablation_dir(RESULTS, "{ablation}", "{seed}"))
+FEATURE_FILE = str(paths.cache_file(paths.feature_dir(RESULTS, "{feature_key}"), "{split}"))
+PAPER_DIR = str(paths.paper_dir(RESULTS))
 PAPER_SRC = str(REPO_ROOT / CFG["workflow"]["paper_src"])
 
 
@@ -89,11 +84,9 @@ def all_run_settings():
 
 
 def feature_key_of(settings):
-    """The feature-cache folder key of a run (weldfilm.features.feature_dir_key), None without a cache."""
-    cfg = cached_run_config(**settings)
-    if settings["method"] not in FEATURE_CACHE_METHODS or not cfg["train"]["feature_cache"]:
-        return None
-    return feature_dir_key(cfg)
+    """The feature-cache folder key of a run (weldfilm.paths.run_feature_dir), None without a cache."""
+    folder = paths.run_feature_dir(cached_run_config(**settings))
+    return folder.name if folder is not None else None
 
 
 # feature key -> the protocol/ablation whose config builds it (the seed does not enter the key). One
@@ -149,7 +142,7 @@ def run_dir(wildcards):
 
 def feature_files(wildcards):
     """The cached features of every split the run reads ([] for a method without a cache; no TRAIN cache
-    for a run that trains on augmented inputs: weldfilm.feature_keys.cached_splits)."""
+    for a run that trains on augmented inputs: weldfilm.paths.cached_splits)."""
     settings = run_settings(wildcards)
     key = feature_key_of(settings)
     return expand(FEATURE_FILE, feature_key=key, split=cached_splits(cached_run_config(**settings))) if key else []
@@ -281,13 +274,13 @@ def eval_outputs(run_pattern):
 
 def log_path(rule_name, *parts):
     """One log file per job below results/logs/<rule>/."""
-    return os.path.join(LOGS, rule_name, *parts) + ".log"
+    return str(paths.log_file(RESULTS, rule_name, *parts))
 
 
 def all_eval_metrics():
     """Every metrics.json the paper reads: methods x seeds x protocols and ablations x seeds."""
     return [
-        os.path.join((ABLATION_DIR if s["ablation"] else RUN_DIR).format(**s), "eval", split, "metrics.json")
+        str(paths.run_folder(RESULTS, **s) / "eval" / split / "metrics.json")
         for s in all_run_settings()
         for split in EVAL_SPLITS
     ]
@@ -295,7 +288,7 @@ def all_eval_metrics():
 
 def all_run_metadata():
     """Every run's metadata.json (the fairness, token-shape and deviations tables read them)."""
-    return [os.path.join((ABLATION_DIR if s["ablation"] else RUN_DIR).format(**s), "metadata.json")
+    return [str(paths.run_folder(RESULTS, **s) / "metadata.json")
             for s in all_run_settings()]
 
 

@@ -18,7 +18,7 @@ rule features:
     priority: 50  # ahead of the train jobs that do not need it, so that train_causal_film starts early
     threads: GPU_JOB_THREADS
     resources:
-        mem_mb=feature_build_mem_mb(CFG),  # measured peak x 2 (weldfilm/feature_keys.py, benchmarks/feature_memory.py)
+        mem_mb=feature_build_mem_mb(CFG),  # measured peak x 2 (weldfilm/paths.py, benchmarks/feature_memory.py)
         runtime=240,
         gpu=GPU_PER_JOB,
     conda:

@@ -13,11 +13,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from weldfilm.feature_keys import cached_splits
+from weldfilm.paths import cached_splits
 from weldfilm.features import (CAUSAL_FILM_MODALITIES, FeatureDataset, build_feature_cache, cache_file, cache_is_current,
                                cache_key, default_feature_dir, feature_loader)
-from weldfilm.methods.base import Method, make_loader, normal_only_indices, scores_frame
+from weldfilm.methods.base import Method, normal_only_indices, scores_frame
 from weldfilm.training import load_selected_weights, score_loader, seed_everything
+from weldfilm.training.loaders import make_loader
 from weldfilm.training.trainer import fit_members
 
 
@@ -60,7 +61,7 @@ class CausalFiLMMethod(Method):
     modalities = CAUSAL_FILM_MODALITIES
 
     def __init__(self, cfg: dict, run_dir: Path, device=None, feature_dir=None):
-        super().__init__(cfg, run_dir, device)
+        super().__init__(cfg, run_dir, device, feature_dir)
         self.feature_dir = Path(feature_dir) if feature_dir else default_feature_dir(cfg)
         self._backbones = None
         self._cache_key = None

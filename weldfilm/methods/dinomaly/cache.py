@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from weldfilm.errors import CheckpointError
-from weldfilm.feature_keys import DATA_KEYS, directory_digest, file_digest, manifest_path, sidecar_of
+from weldfilm.paths import DATA_KEYS, directory_digest, encoder_cache_dir, file_digest, manifest_path, sidecar_of
 from weldfilm.io import stable_hash, write_json
 from weldfilm.npy_store import NpyWriter
 
@@ -49,7 +49,7 @@ def cache_spec(cfg: dict) -> dict:
         "backbone_precision": cfg["train"].get("backbone_precision", "fp32"),
         "storage_dtype": storage_dtype(cfg),
     }
-    if cfg["data"].get("source") == "synthetic":  # regenerated data keeps its run names (as feature_keys)
+    if cfg["data"].get("source") == "synthetic":  # regenerated data keeps its run names (as weldfilm.paths)
         spec["synthetic"] = {k: v for k, v in cfg.get("synthetic", {}).items() if k != "workers"}
     return spec
 
@@ -60,7 +60,7 @@ def storage_dtype(cfg: dict) -> str:
 
 
 def cache_dir(cfg: dict) -> Path:
-    return Path(cfg["results"]) / "features" / "dinomaly" / stable_hash(cache_spec(cfg))
+    return encoder_cache_dir(cfg["results"], "dinomaly", stable_hash(cache_spec(cfg)))
 
 
 def cache_paths(cfg: dict, split: str) -> dict[str, Path]:

@@ -18,8 +18,7 @@ import torch
 
 from weldfilm.methods.dinomaly.model import DinomalyHead, default_layer_groups
 from weldfilm.training.optim import StableAdamW
-from weldfilm.methods.base import MemoryCachedDataset, fair_selection_split
-from weldfilm.methods.base import Method, normal_only_subset, scores_frame
+from weldfilm.methods.base import MemoryCachedDataset, Method, normal_only_subset, scores_frame
 from weldfilm.npy_store import build_lock
 from weldfilm.training import (autocast_context, load_selected_weights, move_to_device, seed_everything,
                                warmup_cosine_scheduler)
@@ -61,11 +60,12 @@ class DinomalyMethod(Method):
     name = "dinomaly"
     paper_selection_split = "test"  # the authors saved best_model.pth by TEST AUROC
     modalities = ("post_weld_images",)
+    needs_selection = True
 
-    def __init__(self, cfg: dict, run_dir, device=None):
-        super().__init__(cfg, run_dir, device)
+    def __init__(self, cfg: dict, run_dir, device=None, feature_dir=None):
+        super().__init__(cfg, run_dir, device, feature_dir)
         self.section = cfg["dinomaly"]
-        self.selection = fair_selection_split(self)
+        self.selection = self.selection_split  # checked by Method.__init__ (fair_selection_split)
         self.best_path = self.run_dir / "checkpoints" / "best.pt"
         self._datasets: dict = {}
         self._encoder = None  # the frozen encoder, loaded once and shared by every head of this object

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import torch
 
-from weldfilm.methods.base import MemoryCachedDataset, SplitResultMemo, fair_selection_split
 from weldfilm.methods.late_fusion.model import (AudioAutoEncoder, VideoAutoEncoder, fuse_scores,
                                                    search_fusion_weight, zscore_stats)
 from weldfilm.data.store import late_fusion_arguments
 from weldfilm.io import read_json, write_json
-from weldfilm.methods.base import Method, normal_only_subset, scores_frame
+from weldfilm.methods.base import MemoryCachedDataset, Method, normal_only_subset, scores_frame
 from weldfilm.training import load_selected_weights, score_loader
 
 BRANCHES = ("audio", "video")
-SPLIT_RESULTS = SplitResultMemo()  # per-branch scores per run and split, shared by the method objects of a process
 
 
 class AudioHead(AudioAutoEncoder):
@@ -58,11 +56,12 @@ class LateFusionMethod(Method):
     name = "late_fusion"
     paper_selection_split = "test"  # the authors validated on TEST during training
     modalities = BRANCHES
+    needs_selection = True
 
-    def __init__(self, cfg: dict, run_dir, device=None):
-        super().__init__(cfg, run_dir, device)
+    def __init__(self, cfg: dict, run_dir, device=None, feature_dir=None):
+        super().__init__(cfg, run_dir, device, feature_dir)
         self.section = cfg["late_fusion"]
-        self.selection = fair_selection_split(self)
+        self.selection = self.selection_split  # checked by Method.__init__ (fair_selection_split)
         self.fusion_path = self.run_dir / "fusion.json"
         self._datasets: dict = {}
 
@@ -140,11 +139,11 @@ class LateFusionMethod(Method):
     def _branch_scores(self, split: str) -> dict:
         """Sample ids, labels and per-branch sample scores of ``split`` from the selected checkpoints.
 
-        Memoised per process (``SPLIT_RESULTS``): evaluating TEST re-uses the VAL scores of the VAL evaluation.
+        Once per method object (``Method.split_result``): the fusion fit, the VAL evaluation and TEST's VAL
+        threshold share one VAL pass.
         """
         checkpoints = [self.run_dir / "checkpoints" / f"{branch}_best.pt" for branch in BRANCHES]
-        return SPLIT_RESULTS.get_or_compute(self.run_dir, split, self.cfg, checkpoints,
-                                            lambda: self._score_branches(split))
+        return self.split_result(split, checkpoints, lambda: self._score_branches(split))
 
     def _score_branches(self, split: str) -> dict:
         out = {}

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from weldfilm.feature_keys import DATA_KEYS, directory_digest, file_digest, manifest_path, sidecar_of
+from weldfilm.paths import DATA_KEYS, directory_digest, encoder_cache_dir, file_digest, manifest_path, sidecar_of
 from weldfilm.io import stable_hash, write_json
 
 FORMAT_VERSION = 1
@@ -54,13 +54,13 @@ def encoder_spec(cfg: dict, kind: str, seed: int) -> dict:
         spec["random_init_seed"] = None if p["point_mae_checkpoint"] else int(seed)
     else:
         raise ValueError(f"M3DM encoder cache kind must be one of {KINDS}, got {kind!r}")
-    if cfg["data"].get("source") == "synthetic":  # regenerated data keeps its run names (as feature_keys)
+    if cfg["data"].get("source") == "synthetic":  # regenerated data keeps its run names (as weldfilm.paths)
         spec["synthetic"] = {k: v for k, v in cfg.get("synthetic", {}).items() if k != "workers"}
     return spec
 
 
 def cache_dir(cfg: dict, kind: str, seed: int) -> Path:
-    return Path(cfg["results"]) / "features" / f"m3dm_{kind}" / stable_hash(encoder_spec(cfg, kind, seed))
+    return encoder_cache_dir(cfg["results"], f"m3dm_{kind}", stable_hash(encoder_spec(cfg, kind, seed)))
 
 
 def cache_path(cfg: dict, kind: str, seed: int, split: str) -> Path:

@@ -40,7 +40,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from weldfilm.methods.m3dm import cache as m3dm_cache
-from weldfilm.methods.base import SplitResultMemo
 from weldfilm.methods.m3dm.bank import DecisionFuser, PatchBank, distance_maps, reweighted_score
 from weldfilm.methods.m3dm.point import (PointTransformer, features_on_patch_grid, load_point_mae_checkpoint,
                                            pseudo_point_cloud)
@@ -63,7 +62,6 @@ POINT_TO_PATCH = ("interpolate: group features onto every cloud point (inverse s
                   "centres), AvgPool2d(3, stride 1), AdaptiveAvgPool2d to the point grid (M3DM)")
 SEG_FUSER_FIT = ("seg fuser fitted on the TRAIN runs' weighted per-modality maps after bilinear upsampling to map_size "
                  "and the Gaussian blur, the same maps it fuses at scoring (M3DM)")
-SPLIT_RESULTS = SplitResultMemo()  # (scores, maps) per run and split, shared by the method objects of a process
 
 
 class M3DMFeatures(nn.Module):
@@ -127,8 +125,8 @@ class M3DMMethod(Method):
     paper_selection_split = None  # the authors' runner has no model selection
     modalities = ("post_weld_images", "sensor")
 
-    def __init__(self, cfg: dict, run_dir, device=None):
-        super().__init__(cfg, run_dir, device)
+    def __init__(self, cfg: dict, run_dir, device=None, feature_dir=None):
+        super().__init__(cfg, run_dir, device, feature_dir)
         self.params = cfg["m3dm"]
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self._extractor: M3DMFeatures | None = None
@@ -417,9 +415,9 @@ class M3DMMethod(Method):
 
     # ------------------------------------------------------------------------------ evaluation
     def _evaluate(self, split: str) -> tuple[pd.DataFrame, np.ndarray]:
-        """Scores and maps of a split: one pass per process for ``score`` and ``anomaly_maps`` (``SPLIT_RESULTS``)."""
+        """Scores and maps of a split: one pass per method object for ``score`` and ``anomaly_maps`` (``Method.split_result``)."""
         fitted = [self.checkpoint_dir / BANKS_FILE, self.checkpoint_dir / FUSION_FILE]
-        return SPLIT_RESULTS.get_or_compute(self.run_dir, split, self.cfg, fitted, lambda: self._score_split(split))
+        return self.split_result(split, fitted, lambda: self._score_split(split))
 
     def _score_split(self, split: str) -> tuple[pd.DataFrame, np.ndarray]:
         return self._score_batches(self._batches(split, desc=f"M3DM scoring {split}"))

@@ -1,8 +1,16 @@
-"""Feature-cache keys: which config values and files a cache depends on (imports no torch).
+"""Every path below ``results:`` and the feature-cache keys, in one module without torch: the Snakefile
+(workflow/rules/common.smk) and the package both import it, so a folder name is written once.
 
-``feature_dir_key(cfg)`` depends on the config only and names the folder ``<results>/features/<key>/``,
-so the workflow computes it while parsing the Snakefile; ``cache_key(cfg)`` adds the content of the
-backbone folders and of the manifest and is what a cache must match.
+Folders: ``data/manifest.csv``, ``data/validation.json``, ``data/card/``, ``backbones/<dir>/<name>`` (tiny
+backbones: ``TINY_BACKBONE_DIRS``), ``features/<key>/<split>.safetensors`` (the Causal-FiLM feature cache),
+``inputs/<kind>/<split>.npy`` (decoded-input store), ``runs/<protocol>/<method>/seed<seed>``,
+``ablations/<ablation>/seed<seed>``, ``paper/``, ``logs/<rule>/...``. Which runs have ablations and read the
+feature cache comes from the method registry (``weldfilm.methods.REGISTRY``) through ``run_folder`` and
+``run_feature_dir``.
+
+Feature-cache keys: ``feature_dir_key(cfg)`` depends on the config only and names the folder
+``<results>/features/<key>/``, so the workflow computes it while parsing the Snakefile; ``cache_key(cfg)``
+adds the content of the backbone folders and of the manifest and is what a cache must match.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from pathlib import Path
 
 from weldfilm.errors import ConfigError
 from weldfilm.io import stable_hash
+from weldfilm.methods import ABLATION_METHOD, FEATURE_CACHE_METHODS
 
 FORMAT_VERSION = 1
 TEXT_EMBEDDING = "__text_embedding__"
@@ -58,6 +67,9 @@ def cached_splits(cfg: dict) -> tuple[str, ...]:
     The method (``CausalFiLMMethod.uses_cache``) and the workflow (the caches a train job asks for)
     both decide with this function.
     """
+    method = (cfg.get("run") or {}).get("method")
+    if method is not None and method not in FEATURE_CACHE_METHODS:
+        return ()  # only the registry's feature-cache methods (Causal-FiLM) read one
     if not cfg["train"].get("feature_cache", True):
         return ()
     augmented = bool(cfg["train"].get("use_augmentations", False))
@@ -94,7 +106,15 @@ def feature_dir_key(cfg: dict) -> str:
 
 
 def default_feature_dir(cfg: dict) -> Path:
-    return Path(cfg["results"]) / "features" / feature_dir_key(cfg)
+    return feature_dir(cfg["results"], feature_dir_key(cfg))
+
+
+def run_feature_dir(run_cfg: dict) -> Path | None:
+    """The feature-cache folder a run reads: its method reads the cache (registry ``feature_cache``) and
+    ``train.feature_cache`` is on; None otherwise (the workflow then asks for no features)."""
+    if run_cfg["run"]["method"] not in FEATURE_CACHE_METHODS or not run_cfg["train"].get("feature_cache", True):
+        return None
+    return default_feature_dir(run_cfg)
 
 
 def cache_file(feature_dir, split: str) -> Path:
@@ -131,7 +151,7 @@ def directory_digest(directory) -> dict | None:
 
 
 def manifest_path(cfg: dict) -> Path:
-    return Path(cfg["results"]) / "data" / "manifest.csv"
+    return manifest_file(cfg["results"])
 
 
 def cache_key(cfg: dict) -> str:
@@ -145,3 +165,77 @@ def cache_key(cfg: dict) -> str:
         "manifest": file_digest(manifest),
     }
     return stable_hash(content, length=20)
+
+
+# ------------------------------------------------------------------------------------- results folders
+# backbone config key -> the folder name `weldfilm tiny-backbones` writes below backbones.dir (the order is
+# the tiny builders' seed order, weldfilm.models.sizes.BACKBONE_NAMES)
+TINY_BACKBONE_DIRS = {
+    "video": "vjepa2",
+    "audio": "ast",
+    "image": "dinov3",
+    "clip": "clip",
+    "m3dm_rgb": "dino_vitb8",
+    "dinomaly_encoder": "dinov2_reg",
+}
+ABLATION_PROTOCOL = "fair"  # ablations are runs of ABLATION_METHOD under the fair protocol
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def manifest_file(results) -> Path:
+    return Path(results) / "data" / "manifest.csv"
+
+
+def validation_file(results) -> Path:
+    return Path(results) / "data" / "validation.json"
+
+
+def card_dir(results) -> Path:
+    return Path(results) / "data" / "card"
+
+
+def feature_dir(results, key) -> Path:
+    """``features/<key>``: one Causal-FiLM feature cache (``key``: ``feature_dir_key``; may be a pattern)."""
+    return Path(results) / "features" / str(key)
+
+
+def encoder_cache_dir(results, name: str, key: str) -> Path:
+    """``features/<name>/<key>``: a baseline's frozen-encoder cache (M3DM ``m3dm_rgb``/``m3dm_point``, ``dinomaly``)."""
+    return Path(results) / "features" / name / key
+
+
+def input_store_file(results, kind, split) -> Path:
+    """``inputs/<kind>/<split>.npy``: one (kind, split) of the decoded-input store (weldfilm/data/store.py)."""
+    return Path(results) / "inputs" / str(kind) / f"{str(split).lower()}.npy"
+
+
+def run_dir(results, protocol, method, seed) -> Path:
+    """``runs/<protocol>/<method>/seed<seed>`` (the arguments may be Snakemake wildcard patterns)."""
+    return Path(results) / "runs" / str(protocol) / str(method) / f"seed{seed}"
+
+
+def ablation_dir(results, ablation, seed) -> Path:
+    """``ablations/<ablation>/seed<seed>``: a run of ABLATION_METHOD under ABLATION_PROTOCOL."""
+    return Path(results) / "ablations" / str(ablation) / f"seed{seed}"
+
+
+def run_folder(results, method, seed, protocol=ABLATION_PROTOCOL, ablation=None) -> Path:
+    """The folder of any run: an ablation's (``ablation`` set) or a protocol's run."""
+    if ablation:
+        if method != ABLATION_METHOD:
+            raise ConfigError(f"ablations apply to {ABLATION_METHOD} only, not '{method}'")
+        return ablation_dir(results, ablation, seed)
+    return run_dir(results, protocol, method, seed)
+
+
+def paper_dir(results) -> Path:
+    return Path(results) / "paper"
+
+
+def logs_dir(results) -> Path:
+    return Path(results) / "logs"
+
+
+def log_file(results, rule: str, *parts) -> Path:
+    """One log per job: ``logs/<rule>/<parts...>.log`` (``logs/<rule>.log`` without parts)."""
+    return Path(str(logs_dir(results).joinpath(rule, *map(str, parts))) + ".log")
