@@ -87,7 +87,7 @@ def test_lint_reports_nothing(tmp_path):
 
 
 SMALL = {"seeds": [3], "methods": ["causal_film", "m3dm"], "train": {"feature_cache": False},
-         "ablations": {"no_film": {"causal_film.use_film": False}, "topk_1.0": {"loss.top_k_ratio": 1.0}}}
+         "ablations": {"no_film": {"causal_film.use_film": False}, "topk_1.0": {"causal_film.top_k_ratio": 1.0}}}
 SEPARATE_SCORING = {"workflow": {"evaluate_in_train_job": False}}
 
 

@@ -124,7 +124,7 @@ class CausalFiLMHead(nn.Module):
         self.model = CausalFiLMModel(cfg_causal_film, dims)
         self.criterion = CausalFiLMLoss(
             self.model.d_model, lambda_l1=cfg_loss["lambda_l1"], lambda_gram=cfg_loss["lambda_gram"],
-            lambda_text=cfg_loss["lambda_text"], top_k_ratio=cfg_loss["top_k_ratio"], text_embedding=text_embedding,
+            lambda_text=cfg_loss["lambda_text"], top_k_ratio=cfg_causal_film["top_k_ratio"], text_embedding=text_embedding,
             text_target=cfg_loss["text_target"])
 
     @classmethod
