@@ -53,7 +53,6 @@ spatter around the weld. warping of the plate. crater cracks at the end of the w
 arc welding with shielding gas, wire feed, welding current and voltage on steel plates.
 fillet weld and butt weld on a plane plate, robot speed, travel speed, heat input.
 """
-TINY_DIRS = BACKBONE_NAMES
 
 
 def _train_bpe_merges(words: list[tuple[str, ...]], max_merges: int) -> list[tuple[str, str]]:
@@ -234,7 +233,7 @@ def write_tiny_backbones(out_dir, seed: int = 0, frame_size: int = 64, video_fra
 
 
 def add_cli_arguments(parser) -> None:
-    parser.add_argument("--out", required=True, help="folder to write (replaced): DIR/{%s}" % ",".join(TINY_DIRS))
+    parser.add_argument("--out", required=True, help="folder to write (replaced): DIR/{%s}" % ",".join(BACKBONE_NAMES))
     parser.add_argument("--size", choices=SIZES, default="tiny",
                         help="tiny stand-ins (default) or 'paper': the published architectures (~1.5 B parameters, "
                              "~6 GB in fp32), random-init")
