@@ -7,9 +7,9 @@ def job(cfg, snakemake):
     from weldfilm.config import run_config
     from weldfilm.features import build_feature_cache
 
-    # the config of the protocol/ablation this cache key comes from (the seed does not enter the key)
+    # the config of the method/protocol/ablation this cache key comes from (the seed does not enter the key)
     source = snakemake.params.source
-    source_cfg = run_config(cfg, "causal_film", 0, source["protocol"], source["ablation"])
+    source_cfg = run_config(cfg, source["method"], 0, source["protocol"], source["ablation"])
     build_feature_cache(source_cfg, snakemake.wildcards.split, snakemake.output.features)
 
 

@@ -96,7 +96,7 @@ FEATURE_SOURCES = {}
 for _settings in all_run_settings():
     _key = feature_key_of(_settings)
     if _key:
-        FEATURE_SOURCES.setdefault(_key, {"protocol": _settings["protocol"], "ablation": _settings["ablation"]})
+        FEATURE_SOURCES.setdefault(_key, {k: _settings[k] for k in ("method", "protocol", "ablation")})
 
 
 def _alternatives(names):
@@ -158,7 +158,7 @@ def input_store_files(wildcards):
 def feature_store_files(wildcards):
     """The decoded-input store files the feature-cache build of one split reads (rule features)."""
     source = FEATURE_SOURCES[wildcards.feature_key]
-    cfg = cached_run_config("causal_film", SEEDS[0], source["protocol"], source["ablation"])
+    cfg = cached_run_config(source["method"], SEEDS[0], source["protocol"], source["ablation"])
     return input_store.store_files(RESULTS, input_store.feature_input_kinds(cfg, splits=[wildcards.split]))
 
 
