@@ -1176,31 +1176,31 @@ def project_dag(cfg: dict, m: Measured, a) -> dict:
 
 
 def input_store_jobs(cfg: dict, runs, m: Measured, splits: dict, a) -> list[Job]:
-    """The ``inputs`` rule's CPU jobs: every (kind, split) of the input store decoded once, with the
-    rule's threads as DataLoader workers; disk = what the kind stores per run."""
+    """The ``inputs`` rule's CPU jobs: one per kind of the input store that a run or its feature-cache build
+    reads (as workflow/rules/common.smk ``input_kinds``), decoding every split in turn, with the rule's
+    threads as DataLoader workers; disk = what the kind stores per run."""
     if not any(uses_store(r) for _, r in runs):
         return []
     from weldfilm.data import store
 
-    jobs, seen = [], set()
-    threads = slurm_threads("inputs")
+    kinds: dict[str, tuple[dict, list[str]]] = {}  # name -> (spec, its splits)
     for _, r in runs:
         if not uses_store(r):
             continue
-        for split, kinds in store.run_input_kinds(r).items():
-            for kind in kinds:
-                name = store.kind_name(kind)
-                if (name, split) in seen:
-                    continue
-                seen.add((name, split))
-                label = store.kind_label(kind)
-                if f"inputs.{label}" not in m.loader:
-                    raise SystemExit(f"the measurement holds no input-store kind {label}: measure again "
-                                     "(without --from-json) for this config")
-                n = splits[split]
-                jobs.append(Job(f"inputs {name} {split}", [Pass("inputs (CPU)", {}, n, f"inputs.{label}")],
-                                a.job_start_s, threads, m.sizes["import_rss"],
-                                {"inputs (CPU)": n * m.sizes[f"store_bytes.{label}"]}, gpu=False))
+        for by_split in (store.run_input_kinds(r), store.feature_input_kinds(r, splits=list(splits))):
+            for kind in (kind for specs in by_split.values() for kind in specs):
+                kinds.setdefault(store.kind_name(kind), (kind, list(splits)))
+    jobs = []
+    threads = slurm_threads("inputs")
+    for name, (kind, kind_splits) in kinds.items():
+        label = store.kind_label(kind)
+        if f"inputs.{label}" not in m.loader:
+            raise SystemExit(f"the measurement holds no input-store kind {label}: measure again "
+                             "(without --from-json) for this config")
+        n = sum(splits[split] for split in kind_splits)
+        jobs.append(Job(f"inputs {name}", [Pass("inputs (CPU)", {}, splits[split], f"inputs.{label}") for split in kind_splits],
+                        a.job_start_s, threads, m.sizes["import_rss"],
+                        {"inputs (CPU)": n * m.sizes[f"store_bytes.{label}"]}, gpu=False))
     return jobs
 
 

@@ -9,7 +9,7 @@ def job(cfg, snakemake):
     from weldfilm.data.card import write_dataset_card
 
     out_dir = Path(snakemake.output.counts_csv).parent
-    write_dataset_card(snakemake.input.manifest, cfg["data"]["root"], out_dir, cfg["preprocess"])
+    write_dataset_card(snakemake.input.manifest, snakemake.input.data, out_dir, cfg["preprocess"])
 
 
 if __name__ == "__main__":  # not in worker processes that re-import this file (multiprocessing spawn)

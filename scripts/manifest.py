@@ -7,7 +7,8 @@ def job(cfg, snakemake):
     from weldfilm.data.manifest import build_manifest
 
     data = cfg["data"]
-    build_manifest(data["root"], snakemake.output[0], data["paper_manifest"], data["split_seed"], data["exclude_runs"],
+    paper_manifest = snakemake.input.paper_manifest[0] if snakemake.input.paper_manifest else None
+    build_manifest(snakemake.input.data, snakemake.output[0], paper_manifest, data["split_seed"], data["exclude_runs"],
                    data["max_train_good_runs"])
 
 

@@ -35,29 +35,21 @@ def _redirect_output(log_path: Path):
     return console
 
 
+# the thread-count variables of native pools (OpenMP, BLAS, numexpr), read once, when a library loads
+THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
 def limit_threads(threads: int) -> None:
-    """Let the job's numeric libraries use exactly the cores Snakemake gave it: the environment for
-    libraries not loaded yet, and the live pools (torch, BLAS, OpenMP) of those already loaded (in a
-    job server child they were loaded by the server)."""
-    from threadpoolctl import threadpool_limits
-
-    from weldfilm.jobserver import THREAD_VARS
-
+    """Let the job's numeric libraries use exactly the cores Snakemake gave it: the environment for the
+    libraries the job has not imported yet (torch, numpy's BLAS), and the pools of any already loaded."""
     os.environ.update(dict.fromkeys(THREAD_VARS, str(threads)))
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
-    threadpool_limits(limits=threads)
+    if "numpy" in sys.modules:
+        from threadpoolctl import threadpool_limits
 
-
-def _hand_to_job_server() -> None:
-    """Let the warm job server (weldfilm/jobserver.py) run this job when it is on; exit with its status."""
-    from weldfilm import jobserver
-
-    script = getattr(sys.modules["__main__"], "__real_file__", None)  # Snakemake's generated script
-    if script and jobserver.enabled():
-        status = jobserver.run_in_server(script)
-        if status is not None:
-            sys.exit(status)
+        threadpool_limits(limits=threads)
 
 
 def run_job(snakemake, job: Callable[[dict, Any], Any]) -> None:
@@ -66,11 +58,8 @@ def run_job(snakemake, job: Callable[[dict, Any], Any]) -> None:
     A ``WeldfilmError`` (bad data, config, checkpoint) ends the job with its message in the log and
     on the console and exit status 1, without a traceback; any other error keeps its traceback.
     """
-    _hand_to_job_server()
     console = _redirect_output(Path(snakemake.log[0]))
-    from weldfilm.jobserver import describe_process
-
-    print(describe_process())
+    print(f"pid {os.getpid()}, {snakemake.threads} thread(s)")
     limit_threads(snakemake.threads)
     from weldfilm.config import prepare
     from weldfilm.errors import WeldfilmError

@@ -7,8 +7,8 @@ def job(cfg, snakemake):
     from weldfilm.config import method_audio_settings
     from weldfilm.data.validate import validate_runs
 
-    validate_runs(cfg["data"]["root"], snakemake.input.manifest, snakemake.output[0], cfg["preprocess"],
-                  cfg["data"]["allow_missing_images"], method_audio_settings(cfg))
+    validate_runs(snakemake.input.data, snakemake.input.manifest, snakemake.output[0], cfg["preprocess"],
+                  cfg["data"]["allow_missing_images"], method_audio_settings(cfg), workers=snakemake.threads)
 
 
 if __name__ == "__main__":  # not in worker processes that re-import this file (multiprocessing spawn)

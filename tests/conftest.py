@@ -12,15 +12,12 @@ read-only: it is shared by every test of the session.
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import yaml
 
 from weldfilm.config import DEFAULT_CONFIG, deep_merge, prepare
 
-# job servers started by the workflows the tests run exit 15 s after their last job, not 120 s
-os.environ.setdefault("WELDFILM_JOB_SERVER_IDLE", "15")
 
 TINY_SYNTHETIC = {
     "seed": 0,

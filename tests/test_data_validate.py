@@ -113,6 +113,13 @@ def test_validate_reports_every_broken_run_then_raises(copied, tmp_path):
     with pytest.raises(DataError, match="1 of 2"):
         validate_runs(root, tmp_path / "manifest.csv", out, SIZES, allow_missing_images=True)
     assert "fewer than num_angles" in json.loads(out.read_text())["runs"][defect.subdir]["notes"][0]
+    # worker processes (the rule's threads) write the same report, in manifest order
+    alone = json.loads(out.read_text())
+    with pytest.raises(DataError, match="1 of 2"):
+        validate_runs(root, tmp_path / "manifest.csv", tmp_path / "pooled.json", SIZES, allow_missing_images=True,
+                      workers=2)
+    pooled = json.loads((tmp_path / "pooled.json").read_text())
+    assert {k: v for k, v in pooled.items() if k != "provenance"} == {k: v for k, v in alone.items() if k != "provenance"}
 
 
 def test_validate_truncated_flac_and_cli(copied, tmp_path, capsys):

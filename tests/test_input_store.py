@@ -188,21 +188,23 @@ def test_each_run_reads_what_its_method_opens(cfg):
 
 
 def planned_inputs(output: str) -> set[tuple[str, str]]:
-    """(kind, split) of the `inputs` jobs a dry run would start."""
+    """(kind, split) of every store file the `inputs` jobs of a dry run would write (one job per kind)."""
     import re
 
-    jobs = set()
+    files = set()
     for block in output.split("rule inputs:")[1:]:
-        match = re.search(r"output: \S*?inputs/([^/]+)/(\w+)\.npy", block)
-        jobs.add((match.group(1), match.group(2)))
-    return jobs
+        outputs = re.search(r"output: (.*)", block).group(1)
+        kinds = set(re.findall(r"inputs/([^/]+)/\w+\.npy", outputs))
+        assert len(kinds) == 1, outputs  # one kind per job
+        files |= set(re.findall(r"inputs/([^/]+)/(\w+)\.npy", outputs))
+    return files
 
 
 @pytest.mark.slow
 def test_the_workflow_builds_each_kind_once_and_a_preprocessing_change_adds_only_its_kind(tmp_path, monkeypatch):
     """A real run of the `inputs` jobs on tiny data (results below tmp_path): every method's datasets then
     read the store (Snakemake resets its outputs' mtimes: the files must stay current); dry runs: nothing
-    left to do; Dinomaly's resize changed -> the three jobs of its new photo kind and nothing else; the
+    left to do; Dinomaly's resize changed -> the job of its new photo kind (three splits) and nothing else; the
     train jobs list their runs' store files as inputs."""
     from test_workflow import TINY_DATA, make_workdir, run_snakemake
 
@@ -258,3 +260,21 @@ def test_the_feature_cache_built_from_the_store_equals_the_one_built_from_the_fi
     assert set(dataset_from_config(run, "val", modalities=MODALITIES).store) == set(MODALITIES)
     stored = build_feature_cache(run, "val", tmp_path / "stored" / "val.safetensors")
     assert stored.read_bytes() == decoded.read_bytes()
+
+
+def test_a_one_thread_build_imports_no_torch(cfg, tmp_path):
+    """Rule inputs runs with one thread locally: it decodes in-process and pays no torch import."""
+    import subprocess
+    import sys
+
+    spec = store.kind_spec(cfg, "sensor", store.resolved_sizes(cfg, {}))
+    out = tmp_path / "sensor.npy"
+    (tmp_path / "args.json").write_text(json.dumps({"cfg": cfg, "spec": spec, "out": str(out)}, default=str))
+    code = ("import json, sys; from weldfilm.data.store import build_input_kind; "
+            f"a = json.load(open({str(tmp_path / 'args.json')!r})); build_input_kind(a['cfg'], a['spec'], 'val', a['out']); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = tmp_path / "expected.npy"
+    store.build_input_kind(cfg, spec, "val", expected, threads=2)
+    assert out.read_bytes() == expected.read_bytes()

@@ -192,14 +192,19 @@ def fake_results(workdir) -> None:
 
 
 def test_one_train_job_per_method_and_seed_and_an_ablation_change_reruns_causal_film_only(tmp_path):
+    """One job per method and seed, or per method for workflow.seeds_together (the default's baselines)."""
     from test_workflow import job_counts, make_workdir, run_snakemake
 
+    from weldfilm.config import prepare
+
     workdir = make_workdir(tmp_path)
-    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    cfg = prepare(yaml.safe_load((workdir / "config.yaml").read_text()))
+    together = cfg["workflow"]["seeds_together"]
+    assert together and "causal_film" not in together
     planned = run_snakemake(workdir, "-n", "--quiet", "rules")
     counts = job_counts(planned.stdout)
     assert {rule: n for rule, n in counts.items() if rule.startswith("train")} == \
-        {f"train_{method}": len(cfg["seeds"]) for method in cfg["methods"]}
+        {f"train_{method}": 1 if method in together else len(cfg["seeds"]) for method in cfg["methods"]}
     fake_results(workdir)
     triggers = ("--rerun-triggers", "mtime", "params")  # (--touch records no code for script rules)
     assert "Nothing to be done" in run_snakemake(workdir, "-n", *triggers).stdout

@@ -232,6 +232,18 @@ def paper_dir(results) -> Path:
     return Path(results) / "paper"
 
 
+# The inverses the workflow's scripts use: a script takes its paths from snakemake.input/output, and
+# these give the results folder those paths lie in (what the paper's readers scan and record).
+def results_of_card_file(path) -> Path:
+    """The results folder of a file of ``card_dir`` (``<results>/data/card/<file>``)."""
+    return Path(path).parents[2]
+
+
+def results_of_paper_dir(path) -> Path:
+    """The results folder of ``paper_dir`` (``<results>/paper``)."""
+    return Path(path).parent
+
+
 def logs_dir(results) -> Path:
     return Path(results) / "logs"
 

@@ -99,7 +99,8 @@ def write_metadata(method, summary: dict, seconds: float, lockstep: dict | None 
 
 def train_group(cfg: dict, settings_list: list[dict], run_dirs, feature_dirs=None, eval_splits=(),
                 resume: bool = True) -> list[dict]:
-    """Train every run of one method and seed (``settings_list``: ``run_config`` keywords method, seed,
+    """Train every run of one method, of one seed or of several (``workflow.seeds_together``), in one process
+    (``settings_list``: ``run_config`` keywords method, seed,
     protocol, ablation; ``run_dirs``, ``feature_dirs``: one per run, None = the default feature folder),
     write each run's metadata.json and, for ``eval_splits``, its ``eval/<split>/`` scores. Returns the metadata.
 
@@ -116,8 +117,8 @@ def train_group(cfg: dict, settings_list: list[dict], run_dirs, feature_dirs=Non
     if not (len(settings_list) == len(run_dirs) == len(feature_dirs)) or not run_dirs:
         raise ConfigError(f"train_group needs one run folder and feature folder per run: {len(settings_list)} runs, "
                           f"{len(run_dirs)} run folders, {len(feature_dirs)} feature folders")
-    if len({(s["method"], int(s["seed"])) for s in settings_list}) != 1:
-        raise ConfigError(f"train_group trains the runs of one method and seed, got {settings_list}")
+    if len({s["method"] for s in settings_list}) != 1:
+        raise ConfigError(f"train_group trains the runs of one method, got {settings_list}")
     run_cfgs = [run_config(cfg, s["method"], s["seed"], s["protocol"], s.get("ablation")) for s in settings_list]
     resumes = []
     for run_dir, run_cfg, settings in zip(run_dirs, run_cfgs, settings_list):

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from weldfilm.data import augment as aug
 from weldfilm.data import readers
@@ -33,8 +32,11 @@ from weldfilm.paths import manifest_path
 MODALITIES = ("video", "post_weld_images", "audio", "sensor")
 
 
-class WeldingDataset(torch.utils.data.Dataset):
-    """The runs of one manifest split, read from ``data_root`` with the given preprocessing sizes."""
+class WeldingDataset:
+    """The runs of one manifest split, read from ``data_root`` with the given preprocessing sizes.
+
+    A map-style dataset for ``torch.utils.data.DataLoader``; importing it imports no torch (the input-store
+    build and validate decode without it), its items are torch tensors."""
 
     def __init__(self, manifest, data_root, split: str, *, video_frames: int = 32, frame_size: int = 64,
                  image_size: int = 224, num_angles: int = 5, audio_type: str = "mel", audio_sr: int = 16000,
@@ -137,6 +139,8 @@ class WeldingDataset(torch.utils.data.Dataset):
         return out
 
     def __getitem__(self, index: int) -> dict:
+        import torch
+
         if not 0 <= index < len(self.runs):
             raise IndexError(index)
         arrays = self.read_arrays(index)
@@ -151,6 +155,8 @@ class WeldingDataset(torch.utils.data.Dataset):
 
 def collate_batch(items: list[dict]) -> dict:
     """Stack tensors (and ints into int64 tensors) of a list of samples; ``sample_id`` stays a list."""
+    import torch
+
     if not items:
         raise ValueError("collate_batch needs at least one sample")
     batch = {}

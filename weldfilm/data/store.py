@@ -348,22 +348,25 @@ class RowFile:
 
 
 class _StoredArrays:
-    """Run ``i``'s arrays of one kind as stored (uint8 pixels), or the data error that stopped it."""
+    """Run ``i``'s arrays of one kind as stored (uint8 pixels), or the data error that stopped it; ``tensors``:
+    the data as a torch tensor (from DataLoader workers: shared memory instead of a pickled copy)."""
 
-    def __init__(self, dataset, modality: str):
-        self.dataset, self.modality = dataset, modality
+    def __init__(self, dataset, modality: str, tensors: bool = False):
+        self.dataset, self.modality, self.tensors = dataset, modality, tensors
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        import torch
-
         try:
             arrays = self.dataset.decode_arrays(index, uint8=True)
         except WeldfilmError as exc:  # the reader's own message (run, file, what to do), not a worker traceback
             return {"error": str(exc)}
-        item = {"data": torch.from_numpy(np.ascontiguousarray(arrays[self.modality]))}
+        item = {"data": np.ascontiguousarray(arrays[self.modality])}
+        if self.tensors:
+            import torch
+
+            item["data"] = torch.from_numpy(item["data"])
         if "num_images" in arrays:
             item["num_images"] = int(arrays["num_images"])
         return item
@@ -378,15 +381,22 @@ def config_for_kind(cfg: dict, spec: dict) -> dict:
     return out
 
 
-def build_input_kind(cfg: dict, spec: dict, split: str, out_path, threads: int = 1) -> Path:
+def build_input_splits(cfg: dict, spec: dict, out_paths: dict, threads: int = 1, manifest=None) -> list[Path]:
+    """Build one kind for several splits (``{split: .npy path}``), one after another in this process: the job
+    of rule ``inputs`` (one per kind, so that each job's start-up serves every split)."""
+    return [build_input_kind(cfg, spec, split, path, threads=threads, manifest=manifest)
+            for split, path in out_paths.items()]
+
+
+def build_input_kind(cfg: dict, spec: dict, split: str, out_path, threads: int = 1, manifest=None) -> Path:
     """Decode every run of ``split`` for one kind and write ``out_path`` (.npy) and its sidecar, atomically.
 
-    The data settings come from ``spec`` (``config_for_kind``), the manifest from ``cfg``'s results. Decoding
-    runs in a torch DataLoader with ``threads`` worker processes (in-process for 1); a bad file stops the
-    build with the reader's DataError (run, file, what to do). The sidecar is written after the data file.
+    The data settings come from ``spec`` (``config_for_kind``), the manifest from ``manifest`` (default: the
+    one below ``cfg``'s results). Decoding
+    runs in-process for ``threads`` <= 1 (no torch imported) or in a torch DataLoader with ``threads`` worker
+    processes; a bad file stops the build with the reader's DataError (run, file, what to do). The sidecar is
+    written after the data file.
     """
-    import torch
-
     from weldfilm.data.dataset import dataset_from_config
     from weldfilm.io import atomic_path, write_json
     from weldfilm.training.progress import progress
@@ -400,12 +410,19 @@ def build_input_kind(cfg: dict, spec: dict, split: str, out_path, threads: int =
     if expected != spec:
         raise ConfigError(f"input store {out_path}: the spec of {kind_name(spec)} is not one this version writes "
                           f"({kind_name(expected)}); re-run the workflow so that it plans the kind afresh")
-    dataset = dataset_from_config(cfg, split, augment=False, modalities=(modality,), store=False, **spec["sizes"])
+    extra = {"manifest": manifest} if manifest is not None else {}
+    dataset = dataset_from_config(cfg, split, augment=False, modalities=(modality,), store=False, **spec["sizes"], **extra)
     if len(dataset) == 0:
         raise ConfigError(f"split {split.upper()} has no run: nothing to store in {out_path}; check data.* and the manifest")
-    workers = max(0, int(threads)) if int(threads) > 1 else 0
-    loader = torch.utils.data.DataLoader(_StoredArrays(dataset, modality), batch_size=None, shuffle=False,
-                                         num_workers=workers, collate_fn=_identity)
+    if int(threads) > 1:
+        import torch
+
+        arrays = _StoredArrays(dataset, modality, tensors=True)
+        loader = torch.utils.data.DataLoader(arrays, batch_size=None, shuffle=False, num_workers=int(threads),
+                                             collate_fn=_identity)
+    else:
+        arrays = _StoredArrays(dataset, modality)
+        loader = (arrays[index] for index in range(len(arrays)))
     dtype = np.uint8 if modality in PIXEL_MODALITIES else np.float32
     num_images: list[int] = []
     with atomic_path(out_path) as tmp:  # moved into place only when every row is written
@@ -414,7 +431,7 @@ def build_input_kind(cfg: dict, spec: dict, split: str, out_path, threads: int =
             for item in progress(loader, f"inputs {kind_name(spec)} {split.lower()}", total=len(dataset), unit="run"):
                 if "error" in item:
                     raise DataError(item["error"])
-                rows.write(item["data"].numpy().astype(dtype, copy=False))
+                rows.write(np.asarray(item["data"]).astype(dtype, copy=False))
                 if "num_images" in item:
                     num_images.append(item["num_images"])
         finally:

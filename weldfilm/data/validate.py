@@ -7,6 +7,9 @@ unusable runs so that the workflow stops; the user can list them in ``data.exclu
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from weldfilm.data import readers
@@ -15,6 +18,7 @@ from weldfilm.data.layout import run_ref
 from weldfilm.data.manifest import read_manifest
 from weldfilm.errors import DataError, WeldfilmError
 from weldfilm.io import provenance, write_json
+from weldfilm.training.progress import progress
 
 DEFAULT_PREPROCESS = {"video_frames": 32, "frame_size": 64, "image_size": 224, "num_angles": 5, "audio_type": "mel",
                       "audio_sr": 16000, "audio_mel_bins": 64, "audio_frames": 256, "n_fft": 2048, "hop_length": 512,
@@ -61,16 +65,25 @@ def check_run(data_root, subdir: str, preprocess: dict, allow_missing_images: bo
 
 
 def validate_runs(data_root, manifest_csv, out_json, preprocess: dict | None = None,
-                  allow_missing_images: bool = False, method_audio: dict | None = None) -> dict:
+                  allow_missing_images: bool = False, method_audio: dict | None = None, workers: int = 1) -> dict:
     """Check every run of ``manifest_csv``; write ``out_json``; raise DataError if any run is unusable.
 
     ``method_audio``: extra audio settings to read every run with (``weldfilm.config.method_audio_settings``).
+    ``workers``: processes checking runs side by side (1: in this process); the report is the same.
     """
     sizes = {**DEFAULT_PREPROCESS, **{k: v for k, v in (preprocess or {}).items() if k in PREPROCESS_KEYS}}
     table = read_manifest(manifest_csv)
+    subdirs = list(table["SUBDIRS"])
+    check = partial(check_run, data_root, preprocess=sizes, allow_missing_images=allow_missing_images,
+                    method_audio=method_audio)
+    if int(workers) > 1 and len(subdirs) > 1:
+        with ProcessPoolExecutor(max_workers=int(workers), mp_context=multiprocessing.get_context("spawn")) as pool:
+            chunk = max(1, len(subdirs) // (8 * int(workers)))
+            results = list(progress(pool.map(check, subdirs, chunksize=chunk), "validate", total=len(subdirs), unit="run"))
+    else:
+        results = [check(subdir) for subdir in progress(subdirs, "validate", unit="run")]
     runs, bad = {}, []
-    for subdir in table["SUBDIRS"]:
-        result = check_run(data_root, subdir, sizes, allow_missing_images, method_audio)
+    for subdir, result in zip(subdirs, results):
         if result["problems"] or result["notes"]:
             runs[subdir] = result
         if result["problems"]:
@@ -103,6 +116,7 @@ def add_cli_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="JSON report to write")
     parser.add_argument("--config", default=None, help="config.yaml whose preprocess sizes to use (default: schema defaults)")
     parser.add_argument("--allow-missing-images", action="store_true", help="accept runs without post-weld images")
+    parser.add_argument("--workers", type=int, default=1, help="processes checking runs side by side (1: in-process)")
 
 
 def cli(args) -> int:
@@ -110,6 +124,6 @@ def cli(args) -> int:
 
     cfg = load_config(args.config) if args.config else None
     report = validate_runs(args.data_root, args.manifest, args.out, cfg["preprocess"] if cfg else None,
-                           args.allow_missing_images, method_audio_settings(cfg) if cfg else None)
+                           args.allow_missing_images, method_audio_settings(cfg) if cfg else None, workers=args.workers)
     print(f"wrote {args.out}: all {report['n_runs']} runs usable")
     return 0

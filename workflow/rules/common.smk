@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from weldfilm import paper as paper_outputs
-from weldfilm.config import REPO_ROOT, method_audio_settings, run_config
+from weldfilm.config import REPO_ROOT, job_environment, method_audio_settings, run_config
 from weldfilm.data import store as input_store
 from weldfilm import paths
 from weldfilm.methods import ABLATION_METHOD
@@ -56,11 +56,9 @@ def nvidia_gpu_visible():
 # and run single-threaded side by side on the cores.
 GPU_PER_JOB = {"always": 1, "never": 0, "auto": int(nvidia_gpu_visible())}[CFG["workflow"]["gpu_jobs"]]
 GPU_JOB_THREADS = int(CFG["workflow"]["gpu_job_threads"]) if GPU_PER_JOB else 1
-# Local jobs hand their work to a warm process that imported torch & co once (weldfilm/jobserver.py);
-# jobs inherit this variable. Off inside SLURM jobs whatever it says; `auto`: only for CPU jobs.
-JOB_SERVER = CFG["workflow"]["job_server"]
-JOB_SERVER_ON = GPU_PER_JOB == 0 if JOB_SERVER == "auto" else bool(JOB_SERVER)
-os.environ.update(WELDFILM_JOB_SERVER="1" if JOB_SERVER_ON else "0")
+# every job (local, or submitted from here to SLURM) inherits these (workflow.tune_malloc)
+for _name, _value in job_environment(CFG).items():
+    os.environ.setdefault(_name, _value)
 
 RUN_DIR = str(paths.run_dir(RESULTS, "{protocol}", "{method}", "{seed}"))
 ABLATION_DIR = str(paths.ablation_dir(RESULTS, "{ablation}", "{seed}"))
@@ -199,12 +197,29 @@ class RunWildcards(dict):
     __getattr__ = dict.__getitem__
 
 
+# workflow.seeds_together: methods whose train job takes every seed (no {seed} wildcard): one process
+# start-up for all of them where each seed's runs take seconds (the default profile's baselines)
+SEEDS_TOGETHER = [method for method in TRAIN_METHODS if method in CFG["workflow"]["seeds_together"]]
+
+
+def job_seeds(method, seed="{seed}"):
+    """The seeds one train_<method> job trains: every seed (workflow.seeds_together) or its own."""
+    return SEEDS if method in SEEDS_TOGETHER else [seed]
+
+
 def group_runs(method, seed="{seed}"):
     """RunWildcards of every run a train_<method> job trains (``seed`` may stay the pattern)."""
-    runs = [RunWildcards(protocol=p, method=method, seed=seed) for p in PROTOCOLS if method in METHODS]
-    if method == ABLATION_METHOD:
-        runs += [RunWildcards(ablation=a, seed=seed) for a in ABLATIONS]
+    runs = []
+    for job_seed in job_seeds(method, seed):
+        runs += [RunWildcards(protocol=p, method=method, seed=job_seed) for p in PROTOCOLS if method in METHODS]
+        if method == ABLATION_METHOD:
+            runs += [RunWildcards(ablation=a, seed=job_seed) for a in ABLATIONS]
     return runs
+
+
+def train_log(method):
+    """Log of a train_<method> job: logs/train/<method>/seed<seed>.log, or all_seeds.log (workflow.seeds_together)."""
+    return log_path("train", method, "all_seeds" if method in SEEDS_TOGETHER else "seed{seed}")
 
 
 def group_outputs(method):
@@ -223,7 +238,7 @@ def group_inputs(method):
 
     def inputs(wildcards):
         union = {}
-        for run in group_runs(method, wildcards.seed):
+        for run in group_runs(method, wildcards.get("seed")):
             for key, value in train_inputs(run).items():
                 union.setdefault(key, [])
                 union[key] += [value] if isinstance(value, str) else list(value)
@@ -237,7 +252,7 @@ def group_members(method):
 
     def members(wildcards):
         out = []
-        for run in group_runs(method, wildcards.seed):
+        for run in group_runs(method, wildcards.get("seed")):
             features = feature_files(run)
             out.append({"settings": run_settings(run), "run_dir": run_dir(run),
                         "feature_dir": os.path.dirname(features[0]) if features else None,
@@ -252,7 +267,7 @@ def group_config_hash(method):
     (inside it, the other runs resume from their finished last.pt and are only re-scored)."""
 
     def config_hash(wildcards):
-        return stable_hash([run_config_hash(run) for run in group_runs(method, wildcards.seed)])
+        return stable_hash([run_config_hash(run) for run in group_runs(method, wildcards.get("seed"))])
 
     return config_hash
 

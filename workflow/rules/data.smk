@@ -54,7 +54,8 @@ rule validate:
         method_audio=stable_hash(method_audio_settings(CFG)),  # Late Fusion's STFT settings are read too
     log:
         log_path("validate"),
-    threads: 2
+    priority: 60  # every feature and train job waits for it (rule inputs decodes beside it)
+    threads: 1  # worker processes checking runs (in-process at 1)
     resources:
         mem_mb=4000,
         runtime=120,

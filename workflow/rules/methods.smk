@@ -28,7 +28,8 @@ rule features:
 
 
 # One train job per method and seed (rule train_<method>): every protocol's run of the method and, for
-# Causal-FiLM, every ablation (common.smk group_runs). Runs on one TRAIN stream train in lockstep.
+# Causal-FiLM, every ablation (common.smk group_runs); one per method for the methods of
+# workflow.seeds_together. Runs on one TRAIN stream train in lockstep.
 for _method in TRAIN_METHODS:
 
     rule:
@@ -47,7 +48,7 @@ for _method in TRAIN_METHODS:
             config_hash=group_config_hash(_method),
             eval_splits=EVAL_SPLITS if EVALUATE_IN_TRAIN_JOB else [],
         log:
-            log_path("train", _method, "seed{seed}"),
+            train_log(_method),
         priority: len(group_runs(_method))  # the jobs that train the most runs start first (one idle core less)
         threads: GPU_JOB_THREADS
         resources:
