@@ -1,5 +1,5 @@
 """Decoded-input store (weldfilm/data/store.py): bit-identical to decoding, never read when stale, bad files
-stop the build with the reader's DataError, the workflow plans one `inputs` job per kind and split."""
+stop the build with the reader's DataError, the workflow plans one `inputs` job per kind (every split)."""
 
 from __future__ import annotations
 
