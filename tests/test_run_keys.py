@@ -97,7 +97,7 @@ def test_changing_one_methods_setting_leaves_the_other_methods_runs_untouched(tm
 
 def test_regenerated_synthetic_data_is_never_resumed_from_old_checkpoints():
     """The generator's settings reach a run as files (Snakemake re-runs the job, the rule's hash stays), but
-    the job must then train afresh: the resume hash follows them (workers aside); on real data it is the shape hash."""
+    the job must then train afresh: the resume hash follows them (workers aside), not the data's source alone."""
     from weldfilm.run_keys import run_resume_hash
 
     base = load_config()
@@ -107,4 +107,48 @@ def test_regenerated_synthetic_data_is_never_resumed_from_old_checkpoints():
     assert run_resume_hash(regenerated) != run_resume_hash(run)
     assert run_resume_hash(run_config(load_config(overrides={"synthetic.workers": 3}), "m3dm", 0)) == run_resume_hash(run)
     real = run_config(load_config(overrides={"data.source": "real"}), "m3dm", 0)
-    assert run_resume_hash(real) == run_shape_hash(real)
+    assert run_resume_hash(real) != run_resume_hash(run) and run_resume_hash(real) == run_resume_hash(dict(real))
+
+
+def test_a_scoring_setting_reruns_the_job_but_resumes_its_finished_runs():
+    """evaluation.* changes the rule's hash (the scores change) but not the resume hash: the re-run job
+    re-scores its finished runs instead of training them again."""
+    from weldfilm.run_keys import run_resume_hash
+
+    run = run_config(load_config(), "dinomaly", 0)
+    rescored = run_config(load_config(overrides={"evaluation.bootstrap": 200}), "dinomaly", 0)
+    assert run_shape_hash(rescored) != run_shape_hash(run) and run_resume_hash(rescored) == run_resume_hash(run)
+    retrained = run_config(load_config(overrides={"train.lr": 1.0e-4}), "dinomaly", 0)
+    assert run_resume_hash(retrained) != run_resume_hash(run)
+
+
+def test_weights_or_a_manifest_replaced_under_the_same_path_are_never_resumed_from(tmp_path, monkeypatch):
+    """Backbone weights, M3DM's point-transformer checkpoint and the manifest reach a run as files under
+    unchanged names: the resume hash follows their content (not their modification time), and only the
+    files the run's method loads."""
+    from weldfilm.run_keys import run_input_files, run_resume_hash
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("dinov2_reg", "dino_vitb8"):
+        (tmp_path / "bb" / name).mkdir(parents=True)
+        (tmp_path / "bb" / name / "model.safetensors").write_bytes(b"weights v1")
+    (tmp_path / "point.pth").write_bytes(b"point v1")
+    manifest = tmp_path / "results" / "data" / "manifest.csv"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("SUBDIRS,SPLIT\na,TRAIN\n")
+    cfg = load_config(overrides={"results": str(tmp_path / "results"), "backbones.dinomaly_encoder": "bb/dinov2_reg",
+                                 "backbones.m3dm_rgb": "bb/dino_vitb8", "m3dm.point_mae_checkpoint": "point.pth"})
+    dinomaly, m3dm = run_config(cfg, "dinomaly", 0), run_config(cfg, "m3dm", 0)
+    assert set(run_input_files(dinomaly)) == {"backbones.dinomaly_encoder", "manifest"}
+    assert set(run_input_files(m3dm)) == {"backbones.m3dm_rgb", "m3dm.point_mae_checkpoint", "manifest"}
+    before = {"dinomaly": run_resume_hash(dinomaly), "m3dm": run_resume_hash(m3dm)}
+    (tmp_path / "bb" / "dinov2_reg" / "model.safetensors").write_bytes(b"weights v2")  # Dinomaly's weights replaced
+    assert run_resume_hash(dinomaly) != before["dinomaly"] and run_resume_hash(m3dm) == before["m3dm"]
+    before = {"dinomaly": run_resume_hash(dinomaly), "m3dm": run_resume_hash(m3dm)}
+    (tmp_path / "point.pth").write_bytes(b"point v2")
+    assert run_resume_hash(m3dm) != before["m3dm"] and run_resume_hash(dinomaly) == before["dinomaly"]
+    before = {"dinomaly": run_resume_hash(dinomaly), "m3dm": run_resume_hash(m3dm)}
+    manifest.write_text("SUBDIRS,SPLIT\na,VAL\n")  # another split
+    assert run_resume_hash(dinomaly) != before["dinomaly"] and run_resume_hash(m3dm) != before["m3dm"]
+    manifest.touch()  # rewritten with the same content: still resumable
+    assert run_resume_hash(dinomaly) == run_resume_hash(run_config(cfg, "dinomaly", 0))

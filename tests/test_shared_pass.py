@@ -5,6 +5,7 @@ resume per run after a kill, and the workflow has one train job per (method, see
 from __future__ import annotations
 
 import copy
+import json
 import re
 
 import pandas as pd
@@ -115,14 +116,17 @@ def test_runs_on_one_augmented_stream_train_together_exactly_as_one_by_one(one_b
     epochs, batches = cfg["train"]["epochs"], metadata[0]["fit"]["train_samples"]
     assert len(count_extract) == epochs * -(-batches // cfg["train"]["batch_size"])
 
-    # every run finished: a re-run job trains nothing again, only re-writes metadata and re-scores
+    # every run finished: a re-run job trains nothing again, only re-writes metadata and re-scores, also
+    # when a scoring setting changed (the reason Snakemake re-runs it; weldfilm.run_keys.SCORING_ONLY)
     count_extract.clear()
     before = [(d / "checkpoints" / "last.pt").stat().st_mtime_ns for d in run_dirs(tmp_path)]
-    train_group(cfg, MEMBERS, run_dirs(tmp_path), eval_splits=SPLITS)
+    rescored = {**cfg, "evaluation": {**cfg["evaluation"], "bootstrap": 50}}
+    train_group(rescored, MEMBERS, run_dirs(tmp_path), eval_splits=SPLITS)
     assert count_extract == [] and before == [(d / "checkpoints" / "last.pt").stat().st_mtime_ns
                                               for d in run_dirs(tmp_path)]
     for member, run_dir in zip(MEMBERS, run_dirs(tmp_path)):
         assert_same_runs(trained(run_dir), one_by_one[str(member["ablation"])])
+        assert json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())["bootstrap"]["resamples"] == 50
 
 
 def test_killed_group_resumes_each_run_from_its_own_epoch(one_by_one, tmp_path, tmp_path_factory, tiny_data_root,

@@ -2,7 +2,7 @@
 
 ``run_shape_hash(run_cfg)`` decides whether Snakemake re-runs a train / evaluate job (a rule param:
 "Params have changed") and whether a killed job may resume from its ``last.pt``
-(``scripts/train_resume.py``). It covers the run's own method section and the shared sections every
+(``weldfilm.runner.resume_allowed``). It covers the run's own method section and the shared sections every
 method reads, nothing else: changing ``dinomaly.layer_groups`` re-runs the Dinomaly runs only.
 
 A run config (``weldfilm.config.run_config``) already has its protocol's and ablation's overrides
@@ -10,7 +10,8 @@ applied, so a protocol or ablation that changes a section a method reads changes
 What reaches a run through files (synthetic data, backbone weights, the manifest) is an input of the
 job; Snakemake follows those by modification time, not through this hash. The resume check of a
 re-run job must not miss them, though (a finished run keeps its ``last.pt``): ``run_resume_hash`` adds
-a synthetic dataset's generator settings, which regenerate files of the same names.
+a synthetic dataset's generator settings, which regenerate files of the same names, and the content of
+the weights the run loads and of its manifest (weights replaced under the same path, another split).
 
 ``train_stream_key(run_cfg)`` says which runs see the same TRAIN batches (one job per method and seed
 trains those in lockstep, ``weldfilm.runner.train_group``).
@@ -74,18 +75,52 @@ def run_shape_hash(run_cfg: dict) -> str:
     return stable_hash(run_shape(run_cfg))
 
 
-def run_resume_hash(run_cfg: dict) -> str:
-    """The key a run's ``last.pt`` must carry to be resumed (``scripts/train_resume.py``).
+# run config keys naming a weights file (not a backbones.* folder) that a run of the method loads
+WEIGHT_FILE_KEYS = {"m3dm": ("m3dm.point_mae_checkpoint",)}
+# sections a run reads only to score (weldfilm/evaluation.py), never while training: changing one re-runs the
+# train job (its scores change) but its finished runs resume, so they are re-scored, not trained again
+SCORING_ONLY = ("evaluation",)
 
-    ``run_shape_hash`` plus, on synthetic data, the generator's settings (``synthetic.*`` but
-    ``workers``, as the feature caches key them): Snakemake re-runs a train job when its regenerated
-    input files are newer, and that job must then train afresh, not resume from (or, for a finished
-    run, keep) the weights fitted on the old data. Equal to ``run_shape_hash`` on real data.
+
+def run_input_files(run_cfg: dict) -> dict:
+    """Digests of the files a run reads besides its data: each backbone folder it loads (``method_backbones``),
+    its other weight files (``WEIGHT_FILE_KEYS``) and the manifest, where they exist (a missing one stops the run
+    later with its own message). Digests as the feature caches take them (size, first and last MiB)."""
+    from pathlib import Path
+
+    from weldfilm.paths import directory_digest, file_digest, manifest_path
+
+    method = run_cfg["run"]["method"]
+    out = {}
+    for key in method_backbones(method):
+        folder = (run_cfg.get("backbones") or {}).get(key)
+        if folder and Path(folder).is_dir():
+            out[f"backbones.{key}"] = directory_digest(folder)
+    for dotted in WEIGHT_FILE_KEYS.get(method, ()):
+        section, _, key = dotted.partition(".")
+        path = (run_cfg.get(section) or {}).get(key)
+        if path and Path(path).is_file():
+            out[dotted] = file_digest(Path(path))
+    manifest = manifest_path(run_cfg) if run_cfg.get("results") else None
+    if manifest is not None and manifest.is_file():
+        out["manifest"] = file_digest(manifest)
+    return out
+
+
+def run_resume_hash(run_cfg: dict) -> str:
+    """The key a run's ``last.pt`` must carry to be resumed (``weldfilm.runner.resume_allowed``).
+
+    ``run_shape`` but the scoring-only sections (``SCORING_ONLY``), plus what reaches the run as files under
+    unchanged names: on synthetic data the generator's settings (``synthetic.*`` but ``workers``, as the
+    feature caches key them), and the content of its weights and manifest (``run_input_files``). Snakemake
+    re-runs a train job when those files are newer, and that job must then train afresh, not resume from
+    (or, for a finished run, keep) weights fitted on the old data or backbones.
     """
-    if (run_cfg.get("data") or {}).get("source") != "synthetic":
-        return run_shape_hash(run_cfg)
-    synthetic = {k: v for k, v in (run_cfg.get("synthetic") or {}).items() if k != "workers"}
-    return stable_hash({"shape": run_shape(run_cfg), "synthetic": synthetic})
+    shape = {path: value for path, value in run_shape(run_cfg).items() if path.split(".")[0] not in SCORING_ONLY}
+    content = {"shape": shape, "files": run_input_files(run_cfg)}
+    if (run_cfg.get("data") or {}).get("source") == "synthetic":
+        content["synthetic"] = {k: v for k, v in (run_cfg.get("synthetic") or {}).items() if k != "workers"}
+    return stable_hash(content)
 
 
 # -------------------------------------------------------------------------------- TRAIN streams

@@ -4,7 +4,7 @@
 succeeded (atomically); a killed job leaves ``last.pt`` for ``--resume`` but no metadata.
 
 ``train_group`` is the workflow's train job: every run of one method and seed (protocols and, for
-Causal-FiLM, ablations). Runs with one TRAIN stream (``weldfilm.run_keys.train_stream_key``) are
+Causal-FiLM, ablations), or of all seeds (``workflow.seeds_together``). Runs with one TRAIN stream (``weldfilm.run_keys.train_stream_key``) are
 trained in lockstep on one frozen-backbone pass per batch, the others one after another; each run
 resumes from its own ``last.pt`` when ``resume_allowed`` says its checkpoints belong to its config.
 """
