@@ -125,15 +125,16 @@ def train_group(cfg: dict, settings_list: list[dict], run_dirs, feature_dirs=Non
         allowed = resume_allowed(run_dir, run_resume_hash(run_cfg))  # the rule's config_hash + regenerated data
         resumes.append(resume and allowed)
         print(f"run {run_dir}: {settings}, resume={resumes[-1]}")
-    methods = [start_run(run_cfg, run_dir, feature_dir)
-               for run_cfg, run_dir, feature_dir in zip(run_cfgs, run_dirs, feature_dirs)]
     streams: dict = {}
     for index, run_cfg in enumerate(run_cfgs):
         key = train_stream_key(run_cfg)
         streams.setdefault(key if key is not None else ("alone", index), []).append(index)
-    metadata = [None] * len(methods)
+    metadata = [None] * len(run_cfgs)
+    methods = [None] * len(run_cfgs)  # built per group, so that one group's models are held at a time
     splits = list(eval_splits)
     for key, indices in streams.items():
+        for i in indices:
+            methods[i] = start_run(run_cfgs[i], run_dirs[i], feature_dirs[i])
         together = [methods[i] for i in indices]
         if len(indices) > 1 and hasattr(type(together[0]), "fit_together"):
             started = time.perf_counter()
