@@ -180,7 +180,7 @@ def write_backbones(out_dir, size: str = "tiny", seed: int = 0, frame_size: int 
     ``crop_size`` at both sizes). Models are built one at a time (a paper-size DINOv3 is 3.4 GB in fp32) in a
     temporary sibling folder that is renamed into place at the end. Returns a summary (also summary.json).
     """
-    from tqdm import tqdm
+    from weldfilm.training.progress import progress as progress_bar
 
     if size not in SIZES:
         raise ValueError(f"backbone size {size!r} is not one of {', '.join(SIZES)}")
@@ -195,9 +195,10 @@ def write_backbones(out_dir, size: str = "tiny", seed: int = 0, frame_size: int 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     tmp.chmod(0o755)
     try:
-        bar = tqdm(BACKBONE_NAMES, desc=f"{size} backbones", unit="model", disable=not progress)
-        for name in bar:
-            bar.set_postfix_str(name)
+        bar = progress_bar(BACKBONE_NAMES, f"{size} backbones", unit="model") if progress else None
+        for name in bar if bar is not None else BACKBONE_NAMES:
+            if bar is not None:
+                bar.set_postfix_str(name, refresh=False)
             started = time.perf_counter()
             model = build_random_backbone(name, size, seed, clip_ids=clip_ids, **shapes)
             target = tmp / name
@@ -211,7 +212,7 @@ def write_backbones(out_dir, size: str = "tiny", seed: int = 0, frame_size: int 
             summary["backbones"][name] = {"class": type(model).__name__, "hidden_size": model.config.hidden_size,
                                           "parameters": parameters}
             del model
-            if progress:
+            if bar is not None:
                 written = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
                 bar.write(f"{name}: {CLASS_NAMES[name]}, {parameters / 1e6:.1f} M parameters, "
                           f"{written / 1e9:.2f} GB in {time.perf_counter() - started:.1f} s")
