@@ -64,6 +64,16 @@ def check_run(data_root, subdir: str, preprocess: dict, allow_missing_images: bo
     return {"problems": problems, "notes": notes, "num_images": num_images}
 
 
+def _one_thread_each() -> None:
+    """A validate worker decodes on one thread: the job's threads are its workers (the job's thread limit,
+    inherited through the environment, would otherwise be taken by every worker)."""
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    cv2.setNumThreads(1)
+    threadpool_limits(limits=1)
+
+
 def validate_runs(data_root, manifest_csv, out_json, preprocess: dict | None = None,
                   allow_missing_images: bool = False, method_audio: dict | None = None, workers: int = 1) -> dict:
     """Check every run of ``manifest_csv``; write ``out_json``; raise DataError if any run is unusable.
@@ -77,7 +87,8 @@ def validate_runs(data_root, manifest_csv, out_json, preprocess: dict | None = N
     check = partial(check_run, data_root, preprocess=sizes, allow_missing_images=allow_missing_images,
                     method_audio=method_audio)
     if int(workers) > 1 and len(subdirs) > 1:
-        with ProcessPoolExecutor(max_workers=int(workers), mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=int(workers), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_one_thread_each) as pool:
             chunk = max(1, len(subdirs) // (8 * int(workers)))
             results = list(progress(pool.map(check, subdirs, chunksize=chunk), "validate", total=len(subdirs), unit="run"))
     else:
