@@ -273,7 +273,7 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_":
 def job_environment(cfg: dict) -> dict[str, str]:
     """Environment variables the workflow sets for its jobs (the Snakefile, before any job starts); a
     variable already in the environment keeps its value."""
-    return dict(MALLOC_ENV) if cfg["workflow"].get("tune_malloc", True) else {}
+    return dict(MALLOC_ENV) if cfg["workflow"]["tune_malloc"] else {}
 
 
 def method_audio_settings(cfg: dict) -> dict[str, dict]:

@@ -392,10 +392,9 @@ def build_input_kind(cfg: dict, spec: dict, split: str, out_path, threads: int =
     """Decode every run of ``split`` for one kind and write ``out_path`` (.npy) and its sidecar, atomically.
 
     The data settings come from ``spec`` (``config_for_kind``), the manifest from ``manifest`` (default: the
-    one below ``cfg``'s results). Decoding
-    runs in-process for ``threads`` <= 1 (no torch imported) or in a torch DataLoader with ``threads`` worker
-    processes; a bad file stops the build with the reader's DataError (run, file, what to do). The sidecar is
-    written after the data file.
+    one below ``cfg``'s results). Decoding runs in-process for ``threads`` <= 1 (no torch imported) or in a
+    torch DataLoader with ``threads`` worker processes; a bad file stops the build with the reader's DataError
+    (run, file, what to do). The sidecar is written after the data file.
     """
     from weldfilm.data.dataset import dataset_from_config
     from weldfilm.io import atomic_path, write_json
